@@ -1,0 +1,1 @@
+"""Connectors: sources → SourceDocument streams. Imports: stdlib, pydantic, httpx."""

@@ -1,0 +1,201 @@
+"""The connector contract: what every source turns into.
+
+A connector reads one external system and yields a stream of changes:
+
+    Upsert(SourceDocument)   a document that exists now (new, changed or unchanged)
+    Delete(external_id)      a document that no longer exists at the source
+    Failure(external_id, …)  a document that could not be read; the sync goes on
+
+``sync(since)`` is a generator: it yields changes and *returns* the next checkpoint, so
+the caller commits the checkpoint only after it has consumed (and stored) every change.
+``list_ids()`` is the cheap listing used to reconcile deletions and ACLs.
+
+Every document carries a required :class:`Acl`. There is no default: a connector that
+cannot tell who may read a document must say so explicitly (``Acl.private(owner)``).
+Principals are written ``user:<name>`` or ``group:<name>``.
+
+Imports: stdlib and pydantic only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+PRINCIPAL_RE = re.compile(r"^(user|group):[A-Za-z0-9][A-Za-z0-9._@+\-]*$")
+
+#: The principal every caller holds; an ACL grants it only when the document is public.
+PUBLIC = "public:*"
+
+
+def check_principal(value: str) -> str:
+    """Return ``value`` if it is a well-formed principal, else raise ``ValueError``."""
+    if not PRINCIPAL_RE.match(value):
+        raise ValueError(
+            f"bad principal {value!r}: write 'user:<name>' or 'group:<name>' "
+            "(letters, digits, '.', '_', '@', '+', '-')"
+        )
+    return value
+
+
+class Acl(BaseModel):
+    """Who may read a document, captured from the source at ingest.
+
+    A principal may read when the document is public or one of its principals is in
+    ``users``/``groups``, and none of its principals is in ``deny``. A group nobody
+    belongs to (including one we have never heard of) grants nothing.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    public: bool = False
+    deny: tuple[str, ...] = ()
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for p in v:
+            if not check_principal(p).startswith("user:"):
+                raise ValueError(f"{p!r} in users is not a user principal")
+        return tuple(sorted(set(v)))
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for p in v:
+            if not check_principal(p).startswith("group:"):
+                raise ValueError(f"{p!r} in groups is not a group principal")
+        return tuple(sorted(set(v)))
+
+    @field_validator("deny")
+    @classmethod
+    def _deny(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted({check_principal(p) for p in v}))
+
+    @classmethod
+    def private(cls, owner: str) -> Acl:
+        """Only ``owner`` (a principal) may read."""
+        check_principal(owner)
+        if owner.startswith("user:"):
+            return cls(users=(owner,))
+        return cls(groups=(owner,))
+
+    @classmethod
+    def of(cls, allow: Iterable[str], deny: Iterable[str] = (), public: bool = False) -> Acl:
+        """Build from a mixed list of user and group principals."""
+        allow = [check_principal(p) for p in allow]
+        return cls(
+            users=tuple(p for p in allow if p.startswith("user:")),
+            groups=tuple(p for p in allow if p.startswith("group:")),
+            public=public,
+            deny=tuple(deny),
+        )
+
+    def allow_tokens(self) -> list[str]:
+        """Principals that grant access, as stored in the index (``PUBLIC`` when public)."""
+        tokens = [*self.users, *self.groups]
+        if self.public:
+            tokens.append(PUBLIC)
+        return tokens
+
+    def grants(self, principals: Iterable[str]) -> bool:
+        """Reference semantics of the index filter, for tests and checks."""
+        held = set(principals) | {PUBLIC}
+        return bool(held & set(self.allow_tokens())) and not (held & set(self.deny))
+
+
+@dataclass(frozen=True)
+class SourceDocument:
+    """One document as the source has it now.
+
+    ``content_hash`` must change whenever the bytes change; the pipeline compares it with
+    what it stored and skips parsing and embedding when it is the same. ``read`` is called
+    only when the content is needed.
+    """
+
+    external_id: str
+    title: str
+    acl: Acl
+    content_hash: str
+    read: Callable[[], bytes] = field(repr=False, compare=False)
+    filename: str = ""
+    url: str | None = None
+    mime_type: str | None = None
+    size: int | None = None
+    version: str | None = None
+    updated_at: datetime | None = None
+    author: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Upsert:
+    document: SourceDocument
+
+
+@dataclass(frozen=True)
+class Delete:
+    external_id: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A document the connector could not read. ``reason`` is a short stable code."""
+
+    external_id: str
+    reason: str
+    detail: str = ""
+
+
+Change = Upsert | Delete | Failure
+
+
+@dataclass(frozen=True)
+class DocRef:
+    """Cheap listing entry: enough to reconcile deletions and ACLs without content."""
+
+    external_id: str
+    version: str | None
+    acl: Acl
+
+
+class ConnectorConfig(BaseModel):
+    """Base of every connector's declared configuration (credentials as ``SecretStr``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Checkpoint(BaseModel):
+    """Base of every connector's typed checkpoint, stored as JSON between syncs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+ConfigT = TypeVar("ConfigT", bound=ConnectorConfig)
+CheckpointT = TypeVar("CheckpointT", bound=Checkpoint)
+
+
+class Connector(Protocol[ConfigT, CheckpointT]):
+    """What a connector class provides. Built-ins register like plug-ins (registry.py)."""
+
+    kind: ClassVar[str]
+    config_model: ClassVar[type[ConnectorConfig]]
+    checkpoint_model: ClassVar[type[Checkpoint]]
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` or ``CredentialError`` when the source cannot be read."""
+
+    def sync(self, since: CheckpointT | None) -> Generator[Change, None, CheckpointT]:
+        """Yield every change since ``since`` and return the next checkpoint."""
+        ...
+
+    def list_ids(self) -> Iterator[DocRef]:
+        """List every document the source has now, cheaply."""
+        ...

@@ -1,0 +1,23 @@
+"""Connector errors. Per-document problems are values (``base.Failure``), not these.
+
+    ConnectorError
+    ├── ConfigError        the source's configuration is wrong (bad path, bad rule)
+    ├── CredentialError    the source refused our credentials
+    └── UnknownKindError   no connector is registered for a ``kind``
+"""
+
+
+class ConnectorError(Exception):
+    """Base of errors that stop a whole sync."""
+
+
+class ConfigError(ConnectorError):
+    pass
+
+
+class CredentialError(ConnectorError):
+    pass
+
+
+class UnknownKindError(ConnectorError):
+    pass

@@ -1,0 +1,1 @@
+"""The ``filesystem`` connector: a folder tree on local disk or a mounted share."""

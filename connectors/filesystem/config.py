@@ -1,0 +1,61 @@
+"""Declared configuration of the ``filesystem`` connector.
+
+ACL rules are ordered; the first rule whose glob matches a file's path (relative to
+``root``, ``/``-separated) decides its ACL. A file no rule matches gets an ACL derived from
+its POSIX owner, group and mode:
+
+- owner may read (``u+r``)   → ``user:<owner name>``
+- group may read (``g+r``)   → ``group:<group name>``
+- others may read (``o+r``)  → public (every principal)
+
+Unknown uids/gids become ``user:uid-<n>`` / ``group:gid-<n>``, which nobody holds unless
+the principals file says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from connectors.base import ConnectorConfig, check_principal
+from connectors.globs import compile_glob
+
+
+class AclRule(BaseModel):
+    """``glob`` → who may read. ``deny`` wins over ``allow``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    glob: str = Field(description="Path pattern relative to root: '*' in a folder, '**' across.")
+    allow: list[str] = Field(default_factory=list, description="Principals granted read access.")
+    deny: list[str] = Field(default_factory=list, description="Principals refused, always.")
+    public: bool = Field(default=False, description="Readable by every principal.")
+
+    @field_validator("glob")
+    @classmethod
+    def _glob(cls, v: str) -> str:
+        compile_glob(v)
+        return v
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _principals(cls, v: list[str]) -> list[str]:
+        return [check_principal(p) for p in v]
+
+
+class FilesystemConfig(ConnectorConfig):
+    root: Path = Field(description="The folder to ingest (local disk or a mounted share).")
+    acl_rules: list[AclRule] = Field(
+        default_factory=list,
+        description="Ordered; the first matching glob wins; no match → POSIX-derived ACL.",
+    )
+    exclude: list[str] = Field(
+        default_factory=lambda: ["**/.*", "**/.*/**", "**/~$*"],
+        description="Globs of files never ingested (default: hidden files, Office lock files).",
+    )
+    url_prefix: str | None = Field(
+        default=None,
+        description="Base URL of the share as users open it; default: file:// URLs.",
+    )
+    follow_symlinks: bool = Field(default=False, description="Descend into symlinked folders.")

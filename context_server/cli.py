@@ -1,0 +1,271 @@
+"""The ``context-server`` command line. Every reporting command takes ``--json``.
+
+Commands reach the system through a running `serve` when there is one (it owns the
+embedded index), else they open it themselves (context_server/client.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from connectors.errors import ConnectorError
+from context_server.client import Backend, ServerInfo, connect, running_server, write_server_file
+from context_server.errors import ContextServerError
+from context_server.settings import Settings
+from context_server.specs import load_principals_spec, load_source_spec
+from indexing.errors import IndexingError
+from indexing.pipeline import SyncReport
+
+app = typer.Typer(no_args_is_help=True, help="Organizational context server for AI agents.")
+sources_app = typer.Typer(no_args_is_help=True, help="Configure sources.")
+principals_app = typer.Typer(no_args_is_help=True, help="Users, groups and memberships.")
+app.add_typer(sources_app, name="sources")
+app.add_typer(principals_app, name="principals")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
+
+
+def _fail(message: str, as_json: bool) -> NoReturn:
+    if as_json:
+        print(json.dumps({"error": message}))
+    else:
+        err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _backend(as_json: bool) -> Iterator[Backend]:
+    """Connect, and turn every domain error into a clear message and exit status 1."""
+    backend: Backend | None = None
+    try:
+        backend = connect(Settings())
+        yield backend
+    except (ContextServerError, ConnectorError, IndexingError) as exc:
+        _fail(str(exc), as_json)
+    except ValueError as exc:  # settings from the environment
+        _fail(f"bad setting: {exc}", as_json)
+    finally:
+        if backend is not None:
+            backend.close()
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# -- sources -------------------------------------------------------------------------------
+
+
+@sources_app.command("add")
+def sources_add(
+    file: Annotated[Path, typer.Argument(help="A source YAML file.")], as_json: JsonOpt = False
+) -> None:
+    """Add a source (or replace the one of the same name) from a YAML file."""
+    with _backend(as_json) as backend:
+        spec = load_source_spec(file)
+        info = backend.add_source(spec, file.resolve().parent)
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(f"source [bold]{info['name']}[/bold] ({info['kind']}) saved; run `sync`")
+
+
+@sources_app.command("list")
+def sources_list(as_json: JsonOpt = False) -> None:
+    """List sources with document counts and their last sync."""
+    with _backend(as_json) as backend:
+        sources = backend.list_sources()
+    if as_json:
+        _print_json({"sources": sources})
+        return
+    table = Table("name", "kind", "documents", "chunks", "last sync", "failed")
+    for s in sources:
+        run = s["last_sync"] or {}
+        counts = run.get("counts") or {}
+        table.add_row(
+            s["name"],
+            s["kind"],
+            str(s["documents"]),
+            str(s["chunks"]),
+            f"{run.get('status', 'never')} {run.get('finished_at') or ''}",
+            str(counts.get("failed", "")),
+        )
+    out.print(table)
+
+
+# -- sync ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, SyncReport], None] | None]:
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(source: str, r: SyncReport) -> None:
+            if source not in tasks:
+                tasks[source] = bar.add_task(source, total=None, status="")
+            bar.update(
+                tasks[source],
+                status=f"seen {r.documents_seen} · new/changed {r.upserted} · "
+                f"unchanged {r.unchanged} · deleted {r.deleted} · failed {r.failed} · "
+                f"chunks {r.chunks_embedded}",
+            )
+
+        yield update
+
+
+@app.command()
+def sync(
+    name: Annotated[str | None, typer.Argument(help="One source; all when omitted.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sync sources: new and changed documents are indexed, deleted ones removed.
+
+    Exits 0 when the sync completed, even if some documents failed (they are listed).
+    """
+    with _backend(as_json) as backend, _progress(not as_json and sys.stderr.isatty()) as p:
+        runs = backend.sync(name, p)
+    if as_json:
+        _print_json(runs[0] if name is not None and len(runs) == 1 else {"runs": runs})
+        return
+    for run in runs:
+        out.print(
+            f"[bold]{run['source']}[/bold]: {run['documents_seen']} seen, "
+            f"{run['upserted']} indexed, {run['unchanged']} unchanged, "
+            f"{run['acl_updated']} ACL-only, {run['deleted']} deleted, {run['failed']} failed, "
+            f"{run['chunks_embedded']} chunks embedded in {run['seconds']:.2f}s"
+        )
+        for f in run["failures"]:
+            out.print(f"  [yellow]failed[/yellow] {f['external_id']}: {f['reason']} {f['detail']}")
+
+
+# -- search --------------------------------------------------------------------------------
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    as_: Annotated[str, typer.Option("--as", help="The principal searching: user:NAME.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="How many results.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search as a principal: only chunks its ACLs grant are considered."""
+    with _backend(as_json) as backend:
+        results = backend.search(query, as_, k)
+    if as_json:
+        _print_json({"results": results})
+        return
+    if not results:
+        out.print(f"nothing {as_} may read matches")
+    for i, r in enumerate(results, 1):
+        out.print(f"[bold]{i}. {r['title']}[/bold]  ({r['source']}, score {r['score']:.3f})")
+        out.print(f"   {r['url']}")
+        text = " ".join(r["text"].split())
+        out.print(f"   {text[:300]}{'…' if len(text) > 300 else ''}")
+
+
+# -- principals ----------------------------------------------------------------------------
+
+
+@principals_app.command("load")
+def principals_load(
+    file: Annotated[Path, typer.Argument(help="A principals YAML file.")], as_json: JsonOpt = False
+) -> None:
+    """Replace group memberships with the file's (groups may contain groups)."""
+    with _backend(as_json) as backend:
+        counts = backend.load_principals(load_principals_spec(file))
+    if as_json:
+        _print_json(counts)
+    else:
+        out.print(f"loaded {counts['groups']} groups, {counts['memberships']} memberships")
+
+
+# -- serve and demo ------------------------------------------------------------------------
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from context_server.api.app import create_app
+    from context_server.runtime import Runtime
+
+    info = running_server(settings)
+    if info is not None:
+        raise ContextServerError(f"a server already runs for {settings.home} at {info.url}")
+    runtime = Runtime(settings)
+    try:
+        runtime.index  # take ownership of the embedded index now, or fail clearly
+        token = secrets.token_urlsafe(32)
+        url = f"http://{settings.host}:{settings.port}"
+        app_ = create_app(settings, runtime=runtime, admin_token=token)
+        write_server_file(settings.server_file, ServerInfo(url=url, pid=os.getpid(), token=token))
+        try:
+            uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
+        finally:
+            settings.server_file.unlink(missing_ok=True)
+    finally:
+        runtime.close()
+
+
+@app.command()
+def serve() -> None:
+    """Serve the API (and own the embedded index) until interrupted."""
+    try:
+        _serve(Settings())
+    except (ContextServerError, IndexingError) as exc:
+        _fail(str(exc), False)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="The demo organization.")] = DEMO_DIR,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="Ingest, then exit.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest the fictional organization shipped in demo/, print what to try, and serve."""
+    from context_server.demo import run_demo
+
+    settings = Settings()
+    try:
+        report = run_demo(settings, directory, progress=not as_json and sys.stderr.isatty())
+    except (ContextServerError, ConnectorError, IndexingError) as exc:
+        _fail(str(exc), as_json)
+    if as_json:
+        _print_json(report)
+    else:
+        from context_server.demo import print_try
+
+        print_try(out, settings, directory, serving=not no_serve)
+    if not no_serve:
+        serve()
+
+
+def main() -> None:
+    app()

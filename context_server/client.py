@@ -1,0 +1,159 @@
+"""How CLI commands reach the system: through a running `serve`, or by opening it themselves.
+
+The embedded index is owned by one process. While `serve` runs it records its address,
+pid and an admin token in ``<home>/server.json`` (mode 0600); commands find it there and
+go through its API. Otherwise they open the store and index in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from connectors import registry
+from context_server.errors import ServerError
+from context_server.runtime import Runtime
+from context_server.settings import Settings
+from context_server.specs import PrincipalsSpec, SourceSpec, resolve_paths
+from indexing.pipeline import SyncReport
+
+ProgressFn = Callable[[str, SyncReport], None]
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    url: str
+    pid: int
+    token: str
+
+
+def write_server_file(path: Path, info: ServerInfo) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": info.url, "pid": info.pid, "token": info.token}, f)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_server(settings: Settings) -> ServerInfo | None:
+    """The live `serve` of this data dir, if any (a stale file is removed)."""
+    path = settings.server_file
+    try:
+        data = json.loads(path.read_text())
+        info = ServerInfo(url=str(data["url"]), pid=int(data["pid"]), token=str(data["token"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ServerError(f"{path} is unreadable; remove it if no server runs") from None
+    if not _pid_alive(info.pid):
+        path.unlink(missing_ok=True)
+        return None
+    return info
+
+
+class Backend(Protocol):
+    def add_source(self, spec: SourceSpec, base_dir: Path) -> dict[str, Any]: ...
+    def list_sources(self) -> list[dict[str, Any]]: ...
+    def sync(self, name: str | None, progress: ProgressFn | None) -> list[dict[str, Any]]: ...
+    def search(self, query: str, principal: str, k: int) -> list[dict[str, Any]]: ...
+    def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """Opens the store and the index in this process."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def add_source(self, spec: SourceSpec, base_dir: Path) -> dict[str, Any]:
+        return self.runtime.add_source(spec, base_dir).to_json()
+
+    def list_sources(self) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.runtime.list_sources()]
+
+    def sync(self, name: str | None, progress: ProgressFn | None) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.runtime.sync(name, progress)]
+
+    def search(self, query: str, principal: str, k: int) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.runtime.search(query, principal, k)]
+
+    def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]:
+        return self.runtime.load_principals(spec)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+class RemoteBackend:
+    """Talks to the running `serve` that owns the index."""
+
+    def __init__(self, info: ServerInfo, transport: httpx.BaseTransport | None = None) -> None:
+        self.info = info
+        self.http = httpx.Client(
+            base_url=info.url,
+            headers={"Authorization": f"Bearer {info.token}"},
+            timeout=httpx.Timeout(10.0, read=None),  # a sync may take long
+            transport=transport,
+        )
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            response = self.http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise ServerError(
+                f"the server at {self.info.url} (pid {self.info.pid}) does not answer: {exc}"
+            ) from exc
+        if response.is_error:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ServerError(f"server refused ({response.status_code}): {detail}")
+        return response.json()
+
+    def add_source(self, spec: SourceSpec, base_dir: Path) -> dict[str, Any]:
+        config = dict(spec.config)
+        resolve_paths(registry.connector_class(spec.kind).config_model, config, base_dir)
+        body = spec.model_copy(update={"config": config}).model_dump()
+        result: dict[str, Any] = self._call("POST", "/v1/sources", body)
+        return result
+
+    def list_sources(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/sources")["sources"])
+
+    def sync(self, name: str | None, progress: ProgressFn | None) -> list[dict[str, Any]]:
+        return list(self._call("POST", "/v1/sync", {"source": name})["runs"])
+
+    def search(self, query: str, principal: str, k: int) -> list[dict[str, Any]]:
+        body = {"query": query, "as": principal, "k": k}
+        return list(self._call("POST", "/v1/search", body)["results"])
+
+    def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]:
+        result: dict[str, int] = self._call("PUT", "/v1/principals", spec.model_dump())
+        return result
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def connect(settings: Settings) -> Backend:
+    info = running_server(settings)
+    if info is not None:
+        return RemoteBackend(info)
+    return LocalBackend(Runtime(settings))

@@ -1,0 +1,391 @@
+"""The running system: store, index and embedder wired together, and what one can do with it.
+
+The CLI (when no server runs) and the API both drive a ``Runtime``. It is built from
+``Settings`` by the caller; nothing here runs at import time. The embedded vector index is
+opened on first use and owned by this process until ``close()``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from connectors import registry
+from connectors.base import Checkpoint
+from context_server.errors import ConflictError, NotFoundError, SpecError
+from context_server.settings import Settings
+from context_server.specs import PrincipalsSpec, SourceSpec, resolve_paths
+from context_server.store.db import make_engine, migrate, session_factory
+from context_server.store.models import (
+    Chunk,
+    Document,
+    GroupMembership,
+    Principal,
+    Source,
+    SyncFailure,
+    SyncRun,
+)
+from context_server.store.sync_store import SqlSyncStore
+from indexing.embed import Embedder, MiniLMEmbedder
+from indexing.index import AccessFilter, VectorIndex
+from indexing.pipeline import Pipeline, PipelineOptions, SyncReport
+from indexing.vector import open_index
+from policies.access import Directory
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    name: str
+    kind: str
+    documents: int
+    chunks: int
+    last_sync: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "documents": self.documents,
+            "chunks": self.chunks,
+            "last_sync": self.last_sync,
+        }
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    source: str
+    run_id: int
+    status: str
+    report: SyncReport
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "run_id": self.run_id,
+            "status": self.status,
+            **self.report.counts(),
+            "failures": [
+                {"external_id": e, "reason": r, "detail": d} for e, r, d in self.report.failures
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    document_id: str
+    title: str
+    source: str
+    url: str | None
+    chunk_id: str
+    text: str
+    score: float
+    section: str | None
+    version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "document_id": self.document_id,
+            "title": self.title,
+            "source": self.source,
+            "url": self.url,
+            "chunk_id": self.chunk_id,
+            "text": self.text,
+            "score": round(self.score, 6),
+            "section": self.section,
+            "version": self.version,
+        }
+
+
+ProgressFn = Callable[[str, SyncReport], None]
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        index: VectorIndex | None = None,
+    ) -> None:
+        self.settings = settings
+        if settings.database_url is None:
+            settings.home.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(settings.sqlalchemy_url)
+        migrate(self.engine)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self._embedder = embedder
+        self._index = index
+        self._directory: Directory | None = None
+        self._lock = threading.Lock()
+        self._syncing: set[str] = set()
+
+    # -- components, built on first use -------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = MiniLMEmbedder(
+                backend=self.settings.embed_backend, batch_size=self.settings.embed_batch_size
+            )
+        return self._embedder
+
+    @property
+    def index(self) -> VectorIndex:
+        with self._lock:
+            if self._index is None:
+                key = self.settings.qdrant_api_key
+                self._index = open_index(
+                    path=None if self.settings.qdrant_url else self.settings.index_path,
+                    url=self.settings.qdrant_url,
+                    api_key=key.get_secret_value() if key else None,
+                )
+            return self._index
+
+    @property
+    def directory(self) -> Directory:
+        with self._lock:
+            if self._directory is None:
+                with self.sessions() as session:
+                    rows = session.execute(select(GroupMembership.member, GroupMembership.group))
+                    self._directory = Directory((m, g) for m, g in rows)
+            return self._directory
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        self.engine.dispose()
+
+    # -- sources --------------------------------------------------------------------------
+
+    def add_source(self, spec: SourceSpec, base_dir: Path | None = None) -> SourceInfo:
+        """Create or replace the source ``spec.name``; its config is validated first."""
+        cls = registry.connector_class(spec.kind)
+        config = dict(spec.config)
+        if base_dir is not None:
+            resolve_paths(cls.config_model, config, base_dir)
+        registry.build(spec.kind, config)  # raises ConfigError with the validation message
+        with self.sessions() as session:
+            row = session.scalar(select(Source).where(Source.name == spec.name))
+            if row is None:
+                row = Source(name=spec.name, kind=spec.kind, config=config, checkpoint=None)
+                session.add(row)
+            else:
+                if row.kind != spec.kind:
+                    raise SpecError(
+                        f"source {spec.name!r} exists with kind {row.kind!r}; "
+                        f"remove it before adding a {spec.kind!r} source of that name"
+                    )
+                if row.config != config:
+                    row.config = config
+                    row.checkpoint = None  # new config: the next sync lists everything again
+            session.commit()
+        return self.source_info(spec.name)
+
+    def source_info(self, name: str) -> SourceInfo:
+        for info in self.list_sources():
+            if info.name == name:
+                return info
+        raise _missing(name)
+
+    def list_sources(self) -> list[SourceInfo]:
+        with self.sessions() as session:
+            sources = session.scalars(select(Source).order_by(Source.name)).all()
+            docs = dict(
+                session.execute(
+                    select(Document.source_id, func.count())
+                    .where(Document.deleted_at.is_(None))
+                    .group_by(Document.source_id)
+                ).all()
+            )
+            chunks = dict(
+                session.execute(
+                    select(Document.source_id, func.count(Chunk.id))
+                    .join(Chunk, Chunk.document_id == Document.id)
+                    .group_by(Document.source_id)
+                ).all()
+            )
+            out = []
+            for source in sources:
+                run = session.scalar(
+                    select(SyncRun)
+                    .where(SyncRun.source_id == source.id)
+                    .order_by(SyncRun.id.desc())
+                    .limit(1)
+                )
+                out.append(
+                    SourceInfo(
+                        name=source.name,
+                        kind=source.kind,
+                        documents=docs.get(source.id, 0),
+                        chunks=chunks.get(source.id, 0),
+                        last_sync=_run_json(run) if run else None,
+                    )
+                )
+            return out
+
+    # -- sync -----------------------------------------------------------------------------
+
+    def sync(self, name: str | None = None, progress: ProgressFn | None = None) -> list[SyncResult]:
+        """Sync one source, or all of them in name order."""
+        with self.sessions() as session:
+            query = select(Source.name).order_by(Source.name)
+            if name is not None:
+                query = query.where(Source.name == name)
+            names = list(session.scalars(query))
+        if name is not None and not names:
+            raise _missing(name)
+        return [self._sync_one(n, progress) for n in names]
+
+    def _sync_one(self, name: str, progress: ProgressFn | None) -> SyncResult:
+        with self._lock:
+            if name in self._syncing:
+                raise ConflictError(f"source {name!r} is already syncing")
+            self._syncing.add(name)
+        try:
+            return self._run_sync(name, progress)
+        finally:
+            with self._lock:
+                self._syncing.discard(name)
+
+    def _run_sync(self, name: str, progress: ProgressFn | None) -> SyncResult:
+        index = self.index  # fail early (locked, unreachable) before a run is recorded
+        pipeline = Pipeline(
+            index,
+            self.embedder,
+            PipelineOptions(
+                max_document_bytes=self.settings.max_document_bytes,
+                chunk_tokens=self.settings.chunk_tokens,
+                chunk_overlap_tokens=self.settings.chunk_overlap_tokens,
+            ),
+        )
+        with self.sessions() as session:
+            source = session.scalar(select(Source).where(Source.name == name))
+            assert source is not None
+            # A run still 'running' here was cut short (this process owns the source now).
+            for stale in session.scalars(
+                select(SyncRun).where(SyncRun.source_id == source.id, SyncRun.status == "running")
+            ):
+                stale.status = "interrupted"
+                stale.finished_at = datetime.now(UTC)
+            connector = registry.build(source.kind, source.config)
+            checkpoint: Checkpoint | None = None
+            if source.checkpoint is not None:
+                checkpoint = registry.checkpoint_model(source.kind).model_validate(
+                    source.checkpoint
+                )
+            run = SyncRun(source_id=source.id, status="running", counts={})
+            session.add(run)
+            session.commit()
+            store = SqlSyncStore(session, source.id, run)
+            try:
+                report, next_checkpoint = pipeline.sync(
+                    name,
+                    connector.sync(checkpoint),
+                    store,
+                    full=checkpoint is None,
+                    progress=(lambda r: progress(name, r)) if progress else None,
+                )
+            except Exception as exc:
+                session.rollback()
+                run.status = "failed"
+                run.error = f"{type(exc).__name__}: {exc}"
+                run.finished_at = datetime.now(UTC)
+                session.commit()
+                raise
+            run.status = "completed"
+            run.counts = report.counts()
+            run.finished_at = datetime.now(UTC)
+            run.checkpoint = next_checkpoint.model_dump(mode="json")
+            source.checkpoint = run.checkpoint
+            session.commit()
+            return SyncResult(source=name, run_id=run.id, status=run.status, report=report)
+
+    # -- principals -----------------------------------------------------------------------
+
+    def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]:
+        """Replace every group membership with the file's; principals are kept and added."""
+        with self.sessions() as session:
+            existing = set(session.scalars(select(Principal.name)))
+            session.add_all(Principal(name=p) for p in sorted(spec.principals() - existing))
+            session.execute(delete(GroupMembership))
+            session.flush()
+            memberships = spec.memberships()
+            session.add_all(GroupMembership(member=m, group=g) for m, g in memberships)
+            session.commit()
+        with self._lock:
+            self._directory = None
+        return {"groups": len(spec.groups), "memberships": len(memberships)}
+
+    def principals_for(self, principal: str) -> frozenset[str]:
+        return self.directory.principals_for(principal)
+
+    # -- search ---------------------------------------------------------------------------
+
+    def search(
+        self, query: str, principal: str, k: int = 10, sources: list[str] | None = None
+    ) -> list[SearchResult]:
+        """Top ``k`` chunks ``principal`` may read; the ACL is a filter inside the query."""
+        if not query.strip():
+            raise SpecError("the query is empty")
+        access = AccessFilter(
+            principals=self.principals_for(principal),
+            sources=frozenset(sources) if sources else None,
+        )
+        self.index.ensure(self.embedder.identity)
+        vector = self.embedder.embed([query])[0].tolist()
+        hits = self.index.search(vector, access, k)
+        return [
+            SearchResult(
+                document_id=h.payload.document_id,
+                title=h.payload.title,
+                source=h.payload.source,
+                url=h.payload.url,
+                chunk_id=h.payload.chunk_id,
+                text=h.payload.text,
+                score=h.score,
+                section=h.payload.section,
+                version=h.payload.version,
+            )
+            for h in hits
+        ]
+
+    def failures(self, name: str) -> list[dict[str, str]]:
+        """Failures of the source's last run."""
+        with self.sessions() as session:
+            run = session.scalar(
+                select(SyncRun)
+                .join(Source, Source.id == SyncRun.source_id)
+                .where(Source.name == name)
+                .order_by(SyncRun.id.desc())
+                .limit(1)
+            )
+            if run is None:
+                return []
+            rows = session.scalars(select(SyncFailure).where(SyncFailure.run_id == run.id))
+            return [
+                {"external_id": f.external_id, "reason": f.reason, "detail": f.detail}
+                for f in rows
+            ]
+
+
+def _missing(name: str) -> NotFoundError:
+    return NotFoundError(f"no source named {name!r} (add one with `sources add FILE.yaml`)")
+
+
+def _run_json(run: SyncRun) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "status": run.status,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "counts": run.counts,
+        "error": run.error,
+    }

@@ -1,0 +1,105 @@
+"""The YAML files users write: a source, and the principals (groups and their members)."""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from connectors.base import check_principal
+from context_server.errors import SpecError
+
+M = TypeVar("M", bound=BaseModel)
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+
+
+class SourceSpec(BaseModel):
+    """``name`` + ``kind`` + the kind's own ``config`` (validated by its connector)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique, lowercase: letters, digits, '-', '_'.")
+    kind: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"bad source name {v!r}: lowercase letters, digits, '-', '_'")
+        return v
+
+
+class PrincipalsSpec(BaseModel):
+    """``groups: {name: [members]}``; a member is ``user:<name>`` or ``group:<name>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    users: list[str] = Field(default_factory=list, description="Users in no group (optional).")
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for group, members in v.items():
+            check_principal(f"group:{group}")
+            for member in members:
+                check_principal(member)
+        return v
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, v: list[str]) -> list[str]:
+        for user in v:
+            if not check_principal(user).startswith("user:"):
+                raise ValueError(f"{user!r} in users is not a user principal")
+        return v
+
+    def memberships(self) -> list[tuple[str, str]]:
+        return [(m, f"group:{g}") for g, members in self.groups.items() for m in members]
+
+    def principals(self) -> set[str]:
+        names = {f"group:{g}" for g in self.groups} | set(self.users)
+        return names | {m for members in self.groups.values() for m in members}
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _validate(model: type[M], data: Any, where: str) -> M:
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{where}: {exc}") from exc
+
+
+def load_source_spec(path: Path) -> SourceSpec:
+    return _validate(SourceSpec, read_yaml(path), str(path))
+
+
+def load_principals_spec(path: Path) -> PrincipalsSpec:
+    return _validate(PrincipalsSpec, read_yaml(path), str(path))
+
+
+def resolve_paths(config_model: type[BaseModel], config: dict[str, Any], base: Path) -> None:
+    """Resolve relative path fields of a connector config against the YAML file's folder."""
+    hints = typing.get_type_hints(config_model)
+    for name in config_model.model_fields:
+        value = config.get(name)
+        if hints.get(name) is Path and isinstance(value, str) and not Path(value).is_absolute():
+            config[name] = str((base / value).resolve())

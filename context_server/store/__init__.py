@@ -1,0 +1,1 @@
+"""The relational store: models, migrations, engine, and the repositories over them."""

@@ -1,0 +1,1 @@
+"""Indexing: documents → parsed → chunks → vectors → index. Imports: connectors.base."""

@@ -1,0 +1,1 @@
+"""Policies: who may see and do what. Imports: casbin only."""

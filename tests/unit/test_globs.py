@@ -1,0 +1,37 @@
+import pytest
+
+from connectors.globs import glob_match
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "expected"),
+    [
+        ("finance/**", "finance/budget.xlsx", True),
+        ("finance/**", "finance/2027/q1/budget.xlsx", True),
+        ("finance/**", "financet/budget.xlsx", False),
+        ("finance/**", "other/finance/budget.xlsx", False),
+        ("finance/payroll-*", "finance/payroll-notes.txt", True),
+        ("finance/payroll-*", "finance/sub/payroll-notes.txt", False),
+        ("**", "a.md", True),
+        ("**", "deep/er/a.md", True),
+        ("**/*.pdf", "a.pdf", True),
+        ("**/*.pdf", "x/y/a.pdf", True),
+        ("**/*.pdf", "x/y/a.pdfx", False),
+        ("*.md", "a.md", True),
+        ("*.md", "dir/a.md", False),
+        ("doc?.txt", "doc1.txt", True),
+        ("doc?.txt", "doc/.txt", False),
+        ("[ab].txt", "a.txt", True),
+        ("[!ab].txt", "a.txt", False),
+        ("people/dana-*.md", "people/dana-private-notes.md", True),
+        ("a+b/(x).md", "a+b/(x).md", True),  # regex metacharacters are literal
+    ],
+)
+def test_glob_match(pattern: str, path: str, expected: bool) -> None:
+    assert glob_match(pattern, path) is expected
+
+
+@pytest.mark.parametrize("pattern", ["", "/abs/**", "bad[glob"])
+def test_bad_globs_are_refused(pattern: str) -> None:
+    with pytest.raises(ValueError):
+        glob_match(pattern, "x")
