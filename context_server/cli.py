@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -34,8 +35,8 @@ principals_app = typer.Typer(no_args_is_help=True, help="Users, groups and membe
 app.add_typer(sources_app, name="sources")
 app.add_typer(principals_app, name="principals")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 
@@ -46,7 +47,7 @@ def _fail(message: str, as_json: bool) -> NoReturn:
     if as_json:
         print(json.dumps({"error": message}))
     else:
-        err.print(f"[red]error:[/red] {message}")
+        err.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(1)
 
 

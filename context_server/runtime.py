@@ -34,9 +34,8 @@ from context_server.store.models import (
 )
 from context_server.store.sync_store import SqlSyncStore
 from indexing.embed import Embedder, MiniLMEmbedder
-from indexing.index import AccessFilter, VectorIndex
 from indexing.pipeline import Pipeline, PipelineOptions, SyncReport
-from indexing.vector import open_index
+from indexing.index import AccessFilter, VectorIndex, open_index
 from policies.access import Directory
 
 

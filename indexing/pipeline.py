@@ -42,6 +42,13 @@ def point_id(doc_id: str, content_hash: str, ordinal: int) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{doc_id}\x00{content_hash}\x00{ordinal}"))
 
 
+def embedding_text(title: str, section: str | None, text: str) -> str:
+    """What is embedded for a chunk: the title and section situate a chunk that never
+    names its subject."""
+    heading = " / ".join(p for p in (title, section) if p)
+    return f"{heading}\n{text}" if heading else text
+
+
 @dataclass(frozen=True)
 class KnownDocument:
     """What the store remembers of a document (``deleted``: a tombstone)."""
@@ -340,7 +347,7 @@ class Pipeline:
                 text=piece.text,
                 span_start=piece.span_start,
                 span_end=piece.span_end,
-                section=piece.section,
+                section=" / ".join(piece.section) or None,
                 page=piece.page,
                 tokens=self.embedder.count_tokens(piece.text),
             )
@@ -352,15 +359,9 @@ class Pipeline:
             doc_id=doc_id,
             version=version,
             replaces=stored is not None,
-            texts=[self._embedding_text(document, c) for c in chunks],
+            texts=[embedding_text(document.title, c.section, c.text) for c in chunks],
             chunks=chunks,
         )
-
-    @staticmethod
-    def _embedding_text(document: SourceDocument, chunk: PreparedChunk) -> str:
-        # The title and section situate a chunk that never names its subject.
-        heading = " / ".join(p for p in (document.title, chunk.section) if p)
-        return f"{heading}\n{chunk.text}" if heading else chunk.text
 
     # -- writer (calling thread) ---------------------------------------------------------
 

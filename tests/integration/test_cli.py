@@ -1,0 +1,155 @@
+"""The `context-server` command as a user runs it: real model, real index, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+BIN = Path(sys.executable).parent / "context-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(
+        CONTEXT_SERVER_HOME=str(tmp_path / "home"),
+        CONTEXT_SERVER_PORT=str(free_port()),
+    )
+    e.pop("CONTEXT_SERVER_DATABASE_URL", None)
+    e.pop("CONTEXT_SERVER_QDRANT_URL", None)
+    return e
+
+
+@pytest.fixture
+def org(tmp_path: Path) -> Path:
+    root = tmp_path / "org"
+    (root / "share" / "finance").mkdir(parents=True)
+    (root / "share" / "finance" / "budget.md").write_text(
+        "# Budget 2027\n\nThe marketing budget for 2027 is 42,000 EUR, approved in October."
+    )
+    (root / "share" / "welcome.md").write_text(
+        "# Welcome\n\nThe office in Lyon opens at nine. Coffee is free."
+    )
+    (root / "drive.yaml").write_text(
+        "name: drive\nkind: filesystem\nconfig:\n  root: share\n  acl_rules:\n"
+        '    - {glob: "finance/**", allow: ["group:finance"]}\n'
+        '    - {glob: "**", allow: ["group:everyone"]}\n'
+    )
+    (root / "principals.yaml").write_text(
+        "groups:\n  everyone: [user:carol, group:finance]\n  finance: [user:alice]\n"
+    )
+    return root
+
+
+def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc
+
+
+@pytest.mark.model
+def test_add_sync_search_without_a_server(env: dict[str, str], org: Path) -> None:
+    assert json.loads(cli(env, "principals", "load", str(org / "principals.yaml"), "--json").stdout)
+    added = json.loads(cli(env, "sources", "add", str(org / "drive.yaml"), "--json").stdout)
+    assert added["name"] == "drive"
+    report = json.loads(cli(env, "sync", "drive", "--json").stdout)
+    for key in ("documents_seen", "upserted", "unchanged", "deleted", "failed", "chunks_embedded"):
+        assert key in report
+    assert (report["documents_seen"], report["upserted"], report["failed"]) == (2, 2, 0)
+    again = json.loads(cli(env, "sync", "drive", "--json").stdout)
+    assert (again["unchanged"], again["chunks_embedded"]) == (2, 0)
+
+    def top(who: str) -> list[dict[str, object]]:
+        out = cli(env, "search", "marketing budget 2027", "--as", who, "-k", "3", "--json").stdout
+        results: list[dict[str, object]] = json.loads(out)["results"]
+        return results
+
+    alice = top("user:alice")
+    assert alice[0]["title"] == "budget.md"
+    assert {"document_id", "title", "source", "url", "chunk_id", "text", "score"} <= set(alice[0])
+    assert all(r["title"] != "budget.md" for r in top("user:carol"))
+    listed = json.loads(cli(env, "sources", "list", "--json").stdout)["sources"]
+    assert listed[0]["documents"] == 2
+
+
+def test_bad_input_gets_a_clear_error(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: drive\nkind: filesystem\nconfig: {root: /no/such/dir, colour: red}\n")
+    proc = cli(env, "sources", "add", str(bad), "--json", check=False)
+    assert proc.returncode == 1
+    assert "colour" in json.loads(proc.stdout)["error"]
+    proc = cli(env, "sources", "add", str(tmp_path / "missing.yaml"), check=False)
+    assert proc.returncode == 1 and "no such file" in proc.stderr
+    bad.write_text("groups: {finance: [alice]}\n")
+    proc = cli(env, "principals", "load", str(bad), check=False)
+    assert proc.returncode == 1 and "user:<name>" in proc.stderr
+    proc = cli(env, "sync", "nope", "--json", check=False)
+    assert proc.returncode == 1 and "no source named 'nope'" in json.loads(proc.stdout)["error"]
+
+
+@pytest.fixture
+def server(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    log = tmp_path / "serve.log"
+    with (
+        log.open("w") as sink,
+        subprocess.Popen(
+            [str(BIN), "serve"], env=env, stdout=sink, stderr=subprocess.STDOUT, text=True
+        ) as proc,
+    ):
+        url = f"http://127.0.0.1:{env['CONTEXT_SERVER_PORT']}/healthz"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited: {log.read_text()}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        yield proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+
+
+@pytest.mark.model
+def test_commands_go_through_a_running_server(
+    env: dict[str, str], org: Path, server: subprocess.Popen[str]
+) -> None:
+    home = Path(env["CONTEXT_SERVER_HOME"])
+    info = json.loads((home / "server.json").read_text())
+    assert info["pid"] == server.pid
+    assert oct((home / "server.json").stat().st_mode & 0o777) == "0o600"
+    cli(env, "principals", "load", str(org / "principals.yaml"))
+    cli(env, "sources", "add", str(org / "drive.yaml"))
+    report = json.loads(cli(env, "sync", "--json").stdout)["runs"][0]
+    assert report["upserted"] == 2
+    out = cli(env, "search", "office opens", "--as", "user:carol", "--json").stdout
+    assert json.loads(out)["results"][0]["title"] == "welcome.md"
+
+    second = cli(env, "serve", check=False)
+    assert second.returncode == 1 and "already runs" in second.stderr
+
+    server.send_signal(signal.SIGINT)
+    server.wait(timeout=30)
+    assert not (home / "server.json").exists()
+    # with the server gone, the CLI opens the index itself again
+    out = cli(env, "search", "office opens", "--as", "user:carol", "--json").stdout
+    assert json.loads(out)["results"][0]["title"] == "welcome.md"

@@ -1,0 +1,213 @@
+"""The ingest pipeline end to end on the real embedded Qdrant engine and a real store.
+
+The embedder is the fast fake (FakeHashEmbedder): these tests are about change handling,
+ACLs and crash safety, not semantics. The real model is exercised in test_demo.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from context_server.runtime import Runtime
+from context_server.settings import Settings
+from context_server.specs import PrincipalsSpec, SourceSpec
+from context_server.store.models import Chunk, Document
+from indexing.embed import FakeHashEmbedder, Vectors
+from indexing.index import AccessFilter
+
+RULES = [
+    {"glob": "finance/**", "allow": ["group:finance"], "deny": ["user:bob"]},
+    {"glob": "**", "allow": ["group:everyone"]},
+]
+
+
+def write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    path.write_text(text)
+    if existed:  # step past the file system's mtime granularity
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+
+
+@pytest.fixture
+def share(tmp_path: Path) -> Path:
+    root = tmp_path / "share"
+    write(root, "handbook/welcome.md", "# Welcome\n\nThe office opens at nine. Lunch is at noon.")
+    write(root, "handbook/travel.txt", "Book trains for trips under four hours.")
+    write(root, "finance/budget.md", "# Budget\n\nThe 2027 marketing budget is 42,000 EUR.")
+    return root
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, share: Path) -> Iterator[Runtime]:
+    rt = Runtime(Settings(home=tmp_path / "home"), embedder=FakeHashEmbedder())
+    rt.load_principals(
+        PrincipalsSpec(
+            groups={
+                "everyone": ["group:finance", "user:carol"],
+                "finance": ["user:alice", "user:bob"],
+            }
+        )
+    )
+    rt.add_source(
+        SourceSpec(name="drive", kind="filesystem", config={"root": str(share), "acl_rules": RULES})
+    )
+    yield rt
+    rt.close()
+
+
+def titles(rt: Runtime, query: str, who: str) -> list[str]:
+    return sorted({r.title for r in rt.search(query, who, k=50)})
+
+
+def index_points(rt: Runtime) -> int:
+    return rt.index.count()
+
+
+def store_chunks(rt: Runtime) -> int:
+    with rt.sessions() as s:
+        return int(s.scalar(select(func.count()).select_from(Chunk)) or 0)
+
+
+def test_first_sync_then_unchanged_resync(runtime: Runtime) -> None:
+    (first,) = runtime.sync("drive")
+    r = first.report
+    assert (r.documents_seen, r.upserted, r.unchanged, r.failed, r.deleted) == (3, 3, 0, 0, 0)
+    assert r.chunks_embedded == store_chunks(runtime) == index_points(runtime) > 0
+    (again,) = runtime.sync("drive")
+    a = again.report
+    assert (a.documents_seen, a.upserted, a.unchanged, a.chunks_embedded) == (3, 0, 3, 0)
+    info = runtime.source_info("drive")
+    assert info.documents == 3 and info.last_sync and info.last_sync["status"] == "completed"
+
+
+def test_permissions_are_enforced_in_the_query(runtime: Runtime) -> None:
+    runtime.sync("drive")
+    assert "budget.md" in titles(runtime, "marketing budget", "user:alice")
+    assert "budget.md" not in titles(runtime, "marketing budget", "user:carol")
+    assert "budget.md" not in titles(runtime, "marketing budget", "user:bob")  # denied
+    assert titles(runtime, "marketing budget", "user:stranger") == []  # in no group
+    assert "welcome.md" in titles(runtime, "office", "user:carol")
+
+
+def test_changed_document_replaces_its_chunks(runtime: Runtime, share: Path) -> None:
+    runtime.sync("drive")
+    before = index_points(runtime)
+    write(share, "handbook/travel.txt", "Trains for trips under five hours. " * 3)
+    (run,) = runtime.sync("drive")
+    assert (run.report.upserted, run.report.unchanged) == (1, 2)
+    assert index_points(runtime) == store_chunks(runtime) == before
+    texts = [r.text for r in runtime.search("trains", "user:carol", k=50)]
+    assert any("five hours" in t for t in texts)
+    assert not any("four hours" in t for t in texts)
+    with runtime.sessions() as s:
+        doc = s.scalar(select(Document).where(Document.external_id == "handbook/travel.txt"))
+        assert doc is not None and doc.version == 2
+
+
+def test_deleted_document_leaves_index_and_store(runtime: Runtime, share: Path) -> None:
+    runtime.sync("drive")
+    (share / "finance" / "budget.md").unlink()
+    (run,) = runtime.sync("drive")
+    assert run.report.deleted == 1
+    assert "budget.md" not in titles(runtime, "marketing budget", "user:alice")
+    assert index_points(runtime) == store_chunks(runtime)
+    assert runtime.source_info("drive").documents == 2
+
+
+def test_acl_only_change_updates_payload_without_reembedding(runtime: Runtime, share: Path) -> None:
+    runtime.sync("drive")
+    assert "welcome.md" in titles(runtime, "office", "user:carol")
+    rules = [{"glob": "handbook/welcome.md", "allow": ["user:alice"]}, *RULES]
+    runtime.add_source(
+        SourceSpec(name="drive", kind="filesystem", config={"root": str(share), "acl_rules": rules})
+    )
+    (run,) = runtime.sync("drive")
+    assert run.report.acl_updated == 1 and run.report.chunks_embedded == 0
+    assert "welcome.md" not in titles(runtime, "office", "user:carol")
+    assert "welcome.md" in titles(runtime, "office", "user:alice")
+
+
+def test_a_bad_document_is_recorded_and_the_rest_indexed(runtime: Runtime, share: Path) -> None:
+    (share / "handbook" / "broken.docx").write_bytes(b"this is not a zip file at all")
+    (share / "handbook" / "empty.txt").write_bytes(b"")
+    (run,) = runtime.sync("drive")
+    reasons = {f[0]: f[1] for f in run.report.failures}
+    assert set(reasons) == {"handbook/broken.docx", "handbook/empty.txt"}
+    assert reasons["handbook/empty.txt"] == "empty"
+    assert run.report.upserted == 3 and run.status == "completed"
+    assert {f["external_id"] for f in runtime.failures("drive")} == set(reasons)
+
+
+def test_too_large_documents_are_refused(tmp_path: Path, share: Path) -> None:
+    write(share, "handbook/huge.txt", "word " * 2000)
+    rt = Runtime(
+        Settings(home=tmp_path / "h2", max_document_bytes=5_000), embedder=FakeHashEmbedder()
+    )
+    rt.add_source(
+        SourceSpec(name="drive", kind="filesystem", config={"root": str(share), "acl_rules": RULES})
+    )
+    (run,) = rt.sync("drive")
+    assert [(f[0], f[1]) for f in run.report.failures] == [("handbook/huge.txt", "too_large")]
+    rt.close()
+
+
+class CrashingEmbedder(FakeHashEmbedder):
+    """A fake that dies after ``after`` calls, like a process killed mid-sync."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.calls = 0
+        self.after = after
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.calls += 1
+        if self.calls > self.after:
+            raise RuntimeError("killed")
+        return super().embed(texts)
+
+
+def test_a_crashed_sync_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    for i in range(40):  # ~10 chunks each: several embedding batches of 256 chunks
+        write(root, f"doc-{i:02d}.md", f"# Doc {i}\n\n" + f"sentence number {i} here. " * 400)
+    settings = Settings(home=tmp_path / "home")
+    rt = Runtime(settings, embedder=CrashingEmbedder(after=1))
+    rt.add_source(
+        SourceSpec(name="drive", kind="filesystem", config={"root": str(root), "acl_rules": RULES})
+    )
+    with pytest.raises(RuntimeError, match="killed"):
+        rt.sync("drive")
+    info = rt.source_info("drive")
+    assert info.last_sync and info.last_sync["status"] == "failed"
+    assert 0 < info.documents < 40  # some batches were committed
+    rt.close()
+
+    rt = Runtime(settings, embedder=FakeHashEmbedder())
+    (run,) = rt.sync("drive")
+    assert run.report.upserted + run.report.unchanged == 40
+    assert run.report.unchanged == info.documents
+    assert rt.index.count() == store_chunks(rt)
+    everyone = AccessFilter(principals=frozenset({"group:everyone"}))
+    assert rt.index.count(everyone) == store_chunks(rt)
+    rt.close()
+
+
+def test_a_document_that_comes_back_gets_a_new_version(runtime: Runtime, share: Path) -> None:
+    runtime.sync("drive")
+    text = (share / "handbook" / "travel.txt").read_text()
+    (share / "handbook" / "travel.txt").unlink()
+    runtime.sync("drive")
+    write(share, "handbook/travel.txt", text + " Updated.")
+    (run,) = runtime.sync("drive")
+    assert run.report.upserted == 1
+    with runtime.sessions() as s:
+        doc = s.scalar(select(Document).where(Document.external_id == "handbook/travel.txt"))
+        assert doc is not None and doc.deleted_at is None and doc.version == 2

@@ -1,0 +1,33 @@
+"""Docs a test keeps honest: every setting, connector kind and connector option is documented."""
+
+from pathlib import Path
+
+from connectors import registry
+from context_server.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    readme = (REPO / "README.md").read_text()
+    missing = [
+        f"CONTEXT_SERVER_{name.upper()}"
+        for name in Settings.model_fields
+        if f"CONTEXT_SERVER_{name.upper()}" not in readme
+    ]
+    assert not missing, f"README.md does not document {missing}"
+
+
+def test_every_connector_and_option_is_documented() -> None:
+    guide = (REPO / "connectors" / "README.md").read_text()
+    assert registry.kinds(), "no connector is registered (is the package installed?)"
+    for kind in registry.kinds():
+        assert f"`{kind}`" in guide, f"connector kind {kind} is undocumented"
+        model = registry.connector_class(kind).config_model
+        for option in model.model_fields:
+            assert f"`{option}`" in guide, f"{kind} option {option} is undocumented"
+
+
+def test_readme_shows_the_two_commands() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
