@@ -156,6 +156,10 @@ def sync(
     if as_json:
         _print_json(runs[0] if name is not None and len(runs) == 1 else {"runs": runs})
         return
+    _print_runs(runs)
+
+
+def _print_runs(runs: list[dict[str, Any]]) -> None:
     for run in runs:
         out.print(
             f"[bold]{run['source']}[/bold]: {run['documents_seen']} seen, "
@@ -255,7 +259,8 @@ def demo(
 
     settings = Settings()
     try:
-        report = run_demo(settings, directory, progress=not as_json and sys.stderr.isatty())
+        with _progress(not as_json and sys.stderr.isatty()) as progress:
+            report = run_demo(settings, directory, progress)
     except (ContextServerError, ConnectorError, IndexingError) as exc:
         _fail(str(exc), as_json)
     if as_json:
@@ -263,6 +268,7 @@ def demo(
     else:
         from context_server.demo import print_try
 
+        _print_runs(report["runs"])
         print_try(out, settings, directory, serving=not no_serve)
     if not no_serve:
         serve()

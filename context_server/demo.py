@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from context_server.client import ProgressFn, connect
 from context_server.errors import SpecError
@@ -36,13 +39,27 @@ def questions(directory: Path) -> list[dict[str, Any]]:
     return [q for q in items if isinstance(q, dict) and "query" in q and "as" in q]
 
 
+def _command() -> str:
+    """How the user should type our command: bare when it is on PATH, else its path."""
+    ours = Path(sys.argv[0]).resolve()
+    found = shutil.which("context-server")
+    if found and Path(found).resolve() == ours:
+        return "context-server"
+    try:
+        return str(ours.relative_to(Path.cwd()))
+    except ValueError:
+        return str(ours)
+
+
 def print_try(console: Console, settings: Settings, directory: Path, serving: bool) -> None:
     url = f"http://{settings.host}:{settings.port}"
+    command = _command()
     console.print("\n[bold green]The demo organization is indexed.[/bold green] Try:\n")
     for q in questions(directory)[:8]:
-        console.print(f"  [cyan]context-server search {q['query']!r} --as {q['as']}[/cyan]")
+        line = f"{command} search {q['query']!r} --as {q['as']}"
+        console.print(f"  [cyan]{escape(line)}[/cyan]")
         if q.get("why"):
-            console.print(f"      [dim]{q['why']}[/dim]")
+            console.print(f"      [dim]{escape(str(q['why']))}[/dim]")
     console.print(
         f"\n  Data dir: {settings.home.resolve()}  ·  "
         f"add --json to any command for machine-readable output"

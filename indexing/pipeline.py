@@ -61,6 +61,15 @@ class KnownDocument:
 
 
 @dataclass(frozen=True)
+class KnownFailure:
+    """A document the previous sync could not ingest, and the content it failed on."""
+
+    content_hash: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class PreparedChunk:
     id: str
     ordinal: int
@@ -85,7 +94,11 @@ class SyncStore(Protocol):
 
     def mark_deleted(self, doc_id: str) -> None: ...
 
-    def record_failure(self, external_id: str, reason: str, detail: str) -> None: ...
+    def known_failures(self) -> dict[str, KnownFailure]: ...
+
+    def record_failure(
+        self, external_id: str, reason: str, detail: str, content_hash: str | None
+    ) -> None: ...
 
     def commit(self) -> None: ...
 
@@ -146,6 +159,12 @@ class _Deleted:
 
 
 @dataclass(frozen=True)
+class _Failed:
+    failure: Failure
+    content_hash: str | None = None
+
+
+@dataclass(frozen=True)
 class _Done:
     checkpoint: Checkpoint
 
@@ -155,7 +174,7 @@ class _Crashed:
     error: BaseException
 
 
-_Item = _Prepared | _AclOnly | _Deleted | Failure | _Done | _Crashed | None
+_Item = _Prepared | _AclOnly | _Deleted | _Failed | _Done | _Crashed | None
 
 ProgressFn = Callable[[SyncReport], None]
 
@@ -187,13 +206,14 @@ class Pipeline:
         started = time.perf_counter()
         self.index.ensure(self.embedder.identity)
         known = store.known_documents()
+        failed_before = store.known_failures()
         report = SyncReport()
         seen: set[str] = set()
         items: queue.Queue[_Item] = queue.Queue(maxsize=self.options.prefetch_documents)
         stop = threading.Event()
         reader = threading.Thread(
             target=self._read,
-            args=(source, changes, known, seen, items, stop, report),
+            args=(source, changes, known, failed_before, seen, items, stop, report),
             name=f"sync-reader-{source}",
             daemon=True,
         )
@@ -214,10 +234,11 @@ class Pipeline:
                     report.acl_updated += 1
                 elif isinstance(item, _Deleted):
                     self._delete(item.doc_id, store, report)
-                elif isinstance(item, Failure):
-                    store.record_failure(item.external_id, item.reason, item.detail)
+                elif isinstance(item, _Failed):
+                    f = item.failure
+                    store.record_failure(f.external_id, f.reason, f.detail, item.content_hash)
                     report.failed += 1
-                    report.failures.append((item.external_id, item.reason, item.detail))
+                    report.failures.append((f.external_id, f.reason, f.detail))
                 elif isinstance(item, _Crashed):
                     raise item.error
                 elif isinstance(item, _Done):
@@ -251,6 +272,7 @@ class Pipeline:
         source: str,
         changes: Generator[Change, None, Checkpoint],
         known: dict[str, KnownDocument],
+        failed_before: dict[str, KnownFailure],
         seen: set[str],
         items: queue.Queue[_Item],
         stop: threading.Event,
@@ -272,7 +294,7 @@ class Pipeline:
                 except StopIteration as end:
                     put(_Done(end.value))
                     return
-                for item in self._prepare(source, change, known, seen, report):
+                for item in self._prepare(source, change, known, failed_before, seen, report):
                     if not put(item):
                         return
         except BaseException as exc:  # handed to the calling thread, which re-raises it
@@ -283,6 +305,7 @@ class Pipeline:
         source: str,
         change: Change,
         known: dict[str, KnownDocument],
+        failed_before: dict[str, KnownFailure],
         seen: set[str],
         report: SyncReport,
     ) -> list[_Item]:
@@ -293,7 +316,7 @@ class Pipeline:
         if isinstance(change, Failure):
             seen.add(change.external_id)  # a failed read is not a deletion
             report.documents_seen += 1
-            return [change]
+            return [_Failed(change)]
         document = change.document
         seen.add(document.external_id)
         report.documents_seen += 1
@@ -304,16 +327,21 @@ class Pipeline:
             report.unchanged += 1
             return []
         doc_id = stored.id if stored else document_id(source, document.external_id)
-        prepared = self._parse_and_chunk(document, doc_id, stored)
-        if (
-            isinstance(prepared, Failure)
-            and stored
-            and not stored.deleted
-            and stored.acl != document.acl
-        ):
+        before = failed_before.get(document.external_id)
+        if before and before.content_hash == document.content_hash:
+            # The same bytes failed last time: report it again without parsing again.
+            prepared: _Prepared | Failure = Failure(
+                document.external_id, before.reason, before.detail
+            )
+        else:
+            prepared = self._parse_and_chunk(document, doc_id, stored)
+        if isinstance(prepared, _Prepared):
+            return [prepared]
+        failed = _Failed(prepared, document.content_hash)
+        if stored and not stored.deleted and stored.acl != document.acl:
             # Keep the last good content searchable, but never under a stale ACL.
-            return [_AclOnly(doc_id, document.acl), prepared]
-        return [prepared]
+            return [_AclOnly(doc_id, document.acl), failed]
+        return [failed]
 
     def _parse_and_chunk(
         self, document: SourceDocument, doc_id: str, stored: KnownDocument | None

@@ -126,6 +126,8 @@ class SyncFailure(Base):
     external_id: Mapped[str] = mapped_column(String(1024))
     reason: Mapped[str] = mapped_column(String(50))
     detail: Mapped[str] = mapped_column(Text, default="")
+    # The failed content: the next sync does not parse it again while it is unchanged.
+    content_hash: Mapped[str | None] = mapped_column(String(128))
 
     run: Mapped[SyncRun] = relationship(back_populates="failures")
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from connectors.base import Acl, SourceDocument
 from context_server.store.models import Chunk, Document, SyncFailure, SyncRun
-from indexing.pipeline import KnownDocument, PreparedChunk
+from indexing.pipeline import KnownDocument, KnownFailure, PreparedChunk
 
 
 class SqlSyncStore:
@@ -91,9 +91,36 @@ class SqlSyncStore:
             row.deleted_at = datetime.now(UTC)
             self.session.execute(delete(Chunk).where(Chunk.document_id == doc_id))
 
-    def record_failure(self, external_id: str, reason: str, detail: str) -> None:
+    def known_failures(self) -> dict[str, KnownFailure]:
+        """Failures of the source's previous run that recorded the failed content's hash."""
+        previous = self.session.scalar(
+            select(SyncRun.id)
+            .where(SyncRun.source_id == self.source_id, SyncRun.id != self.run.id)
+            .order_by(SyncRun.id.desc())
+            .limit(1)
+        )
+        if previous is None:
+            return {}
+        rows = self.session.scalars(
+            select(SyncFailure).where(
+                SyncFailure.run_id == previous, SyncFailure.content_hash.is_not(None)
+            )
+        )
+        return {
+            f.external_id: KnownFailure(f.content_hash or "", f.reason, f.detail) for f in rows
+        }
+
+    def record_failure(
+        self, external_id: str, reason: str, detail: str, content_hash: str | None
+    ) -> None:
         self.session.add(
-            SyncFailure(run_id=self.run.id, external_id=external_id, reason=reason, detail=detail)
+            SyncFailure(
+                run_id=self.run.id,
+                external_id=external_id,
+                reason=reason,
+                detail=detail,
+                content_hash=content_hash,
+            )
         )
 
     def commit(self) -> None:

@@ -93,7 +93,7 @@ def _csv(path: Path, delimiter: str = ",") -> None:
     path.write_text(buf.getvalue())
 
 
-BUILDERS: dict[str, Callable[[Path], None]] = {
+BUILDERS: dict[str, Callable[[Path], object]] = {
     "report.docx": _docx,
     "deck.pptx": _pptx,
     "sheet.xlsx": _xlsx,
@@ -253,7 +253,7 @@ def test_shared_example_documents_never_raise() -> None:
     print(f"\nparsed {sum(outcomes.values())} files in {total:.1f} s: {dict(outcomes)}")
     for elapsed, name, what in sorted(timings, reverse=True)[:8]:
         print(f"  {elapsed:6.2f} s  {name}  ({what})")
-    for elapsed, name, what in timings:
+    for _, name, what in timings:
         if "corrupt" in what:
             print(f"  corrupt: {name}: {what}")
     assert outcomes["parsed"] > 150

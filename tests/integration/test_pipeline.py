@@ -211,3 +211,23 @@ def test_a_document_that_comes_back_gets_a_new_version(runtime: Runtime, share: 
     with runtime.sessions() as s:
         doc = s.scalar(select(Document).where(Document.external_id == "handbook/travel.txt"))
         assert doc is not None and doc.deleted_at is None and doc.version == 2
+
+
+def test_a_failed_document_is_not_parsed_again_until_it_changes(
+    runtime: Runtime, share: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (share / "handbook" / "broken.docx").write_bytes(b"this is not a zip file at all")
+    runtime.sync("drive")
+    import indexing.pipeline as pipeline
+
+    parsed: list[str] = []
+    real = pipeline.parse
+    monkeypatch.setattr(
+        pipeline, "parse", lambda data, **kw: parsed.append(kw["filename"]) or real(data, **kw)
+    )
+    (run,) = runtime.sync("drive")
+    assert [f[:2] for f in run.report.failures] == [("handbook/broken.docx", "corrupt")]
+    assert parsed == []
+    write(share, "handbook/broken.docx", "still not a zip file, but different")
+    (run,) = runtime.sync("drive")
+    assert parsed == ["broken.docx"] and run.report.failed == 1

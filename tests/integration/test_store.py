@@ -124,7 +124,7 @@ def test_sync_store_round_trip(runtime: Runtime, tmp_path: Path) -> None:
             for i in range(3)
         ]
         store.save_document("doc-1", _document("hello", acl), 1, chunks)
-        store.record_failure("dir/bad.pdf", "encrypted", "password required")
+        store.record_failure("dir/bad.pdf", "encrypted", "password required", "sha256:x")
         store.commit()
         known = store.known_documents()
         assert known["dir/a.txt"].acl == acl and known["dir/a.txt"].version == 1

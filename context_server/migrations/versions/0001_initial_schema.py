@@ -130,6 +130,7 @@ def upgrade() -> None:
         sa.Column("external_id", sa.String(length=1024), nullable=False),
         sa.Column("reason", sa.String(length=50), nullable=False),
         sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("content_hash", sa.String(length=128), nullable=True),
         sa.ForeignKeyConstraint(["run_id"], ["sync_runs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
