@@ -36,9 +36,7 @@ def corpus(target: Path, docs: int) -> str:
         pages = sorted(p for p in WIKI.rglob("*.md") if 2_000 < p.stat().st_size < 20_000)
         label = f"{WIKI} ({docs} pages of 2-20 kB)"
     else:
-        pages = sorted(
-            p for p in (REPO / "demo" / "org").rglob("*") if p.suffix in {".md", ".txt"}
-        )
+        pages = sorted(p for p in (REPO / "demo" / "org").rglob("*") if p.suffix in {".md", ".txt"})
         label = "demo organization text files (shared data absent)"
     for i, page in enumerate((pages * (docs // max(1, len(pages)) + 1))[:docs]):
         shutil.copy(page, target / f"{i:05d}-{page.name}")
@@ -72,7 +70,7 @@ def main() -> None:
             config={"root": str(root), "acl_rules": [{"glob": "**", "allow": ["group:all"]}]},
         )
         runtime.add_source(spec)
-        runtime.index  # opening the index is start-up, not ingest
+        runtime.open_index()  # opening the index is start-up, not ingest
 
         first = runtime.sync("bench")[0].report
         again = runtime.sync("bench")[0].report

@@ -178,11 +178,10 @@ class Checkpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-ConfigT = TypeVar("ConfigT", bound=ConnectorConfig)
 CheckpointT = TypeVar("CheckpointT", bound=Checkpoint)
 
 
-class Connector(Protocol[ConfigT, CheckpointT]):
+class Connector(Protocol[CheckpointT]):
     """What a connector class provides. Built-ins register like plug-ins (registry.py)."""
 
     kind: ClassVar[str]

@@ -1,9 +1,9 @@
 """Connector errors. Per-document problems are values (``base.Failure``), not these.
 
-    ConnectorError
-    ├── ConfigError        the source's configuration is wrong (bad path, bad rule)
-    ├── CredentialError    the source refused our credentials
-    └── UnknownKindError   no connector is registered for a ``kind``
+ConnectorError
+├── ConfigError        the source's configuration is wrong (bad path, bad rule)
+├── CredentialError    the source refused our credentials
+└── UnknownKindError   no connector is registered for a ``kind``
 """
 
 

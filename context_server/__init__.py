@@ -1,2 +1,3 @@
 """Context server: composition root."""
+
 __version__ = "0.1.0"

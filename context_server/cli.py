@@ -226,7 +226,7 @@ def _serve(settings: Settings) -> None:
         raise ContextServerError(f"a server already runs for {settings.home} at {info.url}")
     runtime = Runtime(settings)
     try:
-        runtime.index  # take ownership of the embedded index now, or fail clearly
+        runtime.open_index()  # take ownership of the embedded index now, or fail clearly
         token = secrets.token_urlsafe(32)
         url = f"http://{settings.host}:{settings.port}"
         app_ = create_app(settings, runtime=runtime, admin_token=token)

@@ -34,7 +34,8 @@ def run_demo(settings: Settings, directory: Path, progress: ProgressFn | None) -
 
 
 def questions(directory: Path) -> list[dict[str, Any]]:
-    data = read_yaml(directory / "questions.yaml") if (directory / "questions.yaml").exists() else []
+    path = directory / "questions.yaml"
+    data = read_yaml(path) if path.exists() else []
     items = data.get("questions", data) if isinstance(data, dict) else data
     return [q for q in items if isinstance(q, dict) and "query" in q and "as" in q]
 

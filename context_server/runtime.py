@@ -34,8 +34,8 @@ from context_server.store.models import (
 )
 from context_server.store.sync_store import SqlSyncStore
 from indexing.embed import Embedder, MiniLMEmbedder
-from indexing.pipeline import Pipeline, PipelineOptions, SyncReport
 from indexing.index import AccessFilter, VectorIndex, open_index
+from indexing.pipeline import Pipeline, PipelineOptions, SyncReport
 from policies.access import Directory
 
 
@@ -146,6 +146,10 @@ class Runtime:
                     api_key=key.get_secret_value() if key else None,
                 )
             return self._index
+
+    def open_index(self) -> None:
+        """Open (and own) the vector index now rather than on first use."""
+        self.index.ensure(self.embedder.identity)
 
     @property
     def directory(self) -> Directory:
@@ -370,8 +374,7 @@ class Runtime:
                 return []
             rows = session.scalars(select(SyncFailure).where(SyncFailure.run_id == run.id))
             return [
-                {"external_id": f.external_id, "reason": f.reason, "detail": f.detail}
-                for f in rows
+                {"external_id": f.external_id, "reason": f.reason, "detail": f.detail} for f in rows
             ]
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -92,8 +92,9 @@ class MiniLMEmbedder:
         import transformers
         from sentence_transformers import SentenceTransformer
 
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+        # Quiet "Loading weights" bars and hub notices: we load from a local path.
+        transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+        transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         kwargs = {"torch_dtype": torch.bfloat16} if self.backend == "torch-bf16" else {}
         return SentenceTransformer(

@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from connectors.base import Acl, Change, Checkpoint, Delete, Failure, SourceDocument, Upsert
+from connectors.base import Acl, Change, Checkpoint, Delete, Failure, SourceDocument
 from indexing.chunk import chunk as chunk_document
 from indexing.embed import Embedder
 from indexing.index import ChunkPayload, IndexPoint, VectorIndex

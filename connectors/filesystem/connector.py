@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import quote
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from connectors.base import Acl, Change, Checkpoint, Delete, DocRef, Failure, SourceDocument, Upsert
 from connectors.errors import ConfigError
@@ -36,7 +36,7 @@ class FileState(BaseModel):
 
 
 class FilesystemCheckpoint(Checkpoint):
-    files: dict[str, FileState] = {}
+    files: dict[str, FileState] = Field(default_factory=dict)
 
 
 def _file_hash(path: Path) -> str:
@@ -119,7 +119,9 @@ class FilesystemConnector:
             return self.config.url_prefix.rstrip("/") + "/" + quote(relpath)
         return path.as_uri()
 
-    def _document(self, relpath: str, path: Path, st: os.stat_result, digest: str) -> SourceDocument:
+    def _document(
+        self, relpath: str, path: Path, st: os.stat_result, digest: str
+    ) -> SourceDocument:
         read: Callable[[], bytes] = path.read_bytes
         updated = datetime.fromtimestamp(st.st_mtime, UTC)
         return SourceDocument(
@@ -141,7 +143,7 @@ class FilesystemConnector:
         self, since: FilesystemCheckpoint | None
     ) -> Generator[Change, None, FilesystemCheckpoint]:
         previous = since.files if since else {}
-        files: dict[str, FileState] = {}
+        files: dict[str, FileState] = Field(default_factory=dict)
         for relpath, path, st in self._walk():
             known = previous.get(relpath)
             if isinstance(st, OSError):

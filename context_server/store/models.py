@@ -6,12 +6,12 @@ Schema changes go through Alembic (``context_server/migrations``); never ``creat
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
-    DateTime,
     BigInteger,
+    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -30,7 +30,10 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JsonType}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JsonType,
+    }
 
 
 class Source(Base):

@@ -106,9 +106,7 @@ class SqlSyncStore:
                 SyncFailure.run_id == previous, SyncFailure.content_hash.is_not(None)
             )
         )
-        return {
-            f.external_id: KnownFailure(f.content_hash or "", f.reason, f.detail) for f in rows
-        }
+        return {f.external_id: KnownFailure(f.content_hash or "", f.reason, f.detail) for f in rows}
 
     def record_failure(
         self, external_id: str, reason: str, detail: str, content_hash: str | None
