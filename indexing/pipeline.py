@@ -42,10 +42,16 @@ def point_id(doc_id: str, content_hash: str, ordinal: int) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{doc_id}\x00{content_hash}\x00{ordinal}"))
 
 
+# The model reads 256 word pieces; a chunk has up to 200, so its heading gets what is left.
+HEADING_CHARS = 160
+
+
 def embedding_text(title: str, section: str | None, text: str) -> str:
     """What is embedded for a chunk: the title and section situate a chunk that never
     names its subject."""
     heading = " / ".join(p for p in (title, section) if p)
+    if len(heading) > HEADING_CHARS:
+        heading = heading[: HEADING_CHARS - 1] + "…"
     return f"{heading}\n{text}" if heading else text
 
 
@@ -377,7 +383,7 @@ class Pipeline:
                 span_end=piece.span_end,
                 section=" / ".join(piece.section) or None,
                 page=piece.page,
-                tokens=self.embedder.count_tokens(piece.text),
+                tokens=piece.tokens,
             )
             for piece in pieces
         ]

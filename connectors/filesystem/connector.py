@@ -143,7 +143,7 @@ class FilesystemConnector:
         self, since: FilesystemCheckpoint | None
     ) -> Generator[Change, None, FilesystemCheckpoint]:
         previous = since.files if since else {}
-        files: dict[str, FileState] = Field(default_factory=dict)
+        files: dict[str, FileState] = {}
         for relpath, path, st in self._walk():
             known = previous.get(relpath)
             if isinstance(st, OSError):
