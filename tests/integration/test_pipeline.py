@@ -231,3 +231,28 @@ def test_a_failed_document_is_not_parsed_again_until_it_changes(
     write(share, "handbook/broken.docx", "still not a zip file, but different")
     (run,) = runtime.sync("drive")
     assert parsed == ["broken.docx"] and run.report.failed == 1
+
+
+@pytest.mark.shared_data
+def test_real_office_documents_ingest_without_a_crash(tmp_path: Path, shared_data: Path) -> None:
+    """~225 real third-party files, some deliberately awkward: every one is either indexed
+    or recorded as a failure with a reason, and the sync completes."""
+    root = shared_data / "drive-example-docs"
+    rt = Runtime(Settings(home=tmp_path / "home"), embedder=FakeHashEmbedder())
+    rt.add_source(
+        SourceSpec(
+            name="drive",
+            kind="filesystem",
+            config={"root": str(root), "acl_rules": [{"glob": "**", "allow": ["group:all"]}]},
+        )
+    )
+    (run,) = rt.sync("drive")
+    r = run.report
+    assert run.status == "completed"
+    assert r.documents_seen > 200
+    assert r.upserted + r.failed == r.documents_seen
+    assert r.upserted > 150
+    assert all(reason and detail for _, reason, detail in r.failures)
+    assert len(rt.failures("drive")) == r.failed
+    assert rt.index.count() == store_chunks(rt)
+    rt.close()
