@@ -107,7 +107,7 @@ def prepare_unstructured() -> None:
         # keeps for sentence boundaries, was ~70% of parsing time (and parsing ~40% of
         # embedding time); the model's own sentence recogniser ("senter") is much cheaper.
         tokenize._SPACY_EXCLUDE = [*tokenize._SPACY_EXCLUDE, "parser"]
-        tokenize._get_nlp = _with_senter(tokenize._get_nlp)
+        tokenize._get_nlp = _with_senter(tokenize._get_nlp)  # type: ignore[assignment]
 
         from unstructured.partition.html import parser
 
