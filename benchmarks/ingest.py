@@ -55,6 +55,7 @@ def main() -> None:
     from context_server.specs import SourceSpec
     from context_server.store.models import Chunk, Document
     from indexing.embed import MiniLMEmbedder
+    from indexing.parse import parse
     from indexing.pipeline import embedding_text
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,6 +64,12 @@ def main() -> None:
         label = corpus(root, args.docs)
         embedder = MiniLMEmbedder(backend=args.backend)
         embedder.embed(["warm up the model"])  # model load is not ingest
+        parse(
+            b"# Warm up\n\nThe parser loads spaCy once.",
+            filename="w.md",
+            mime_type=None,
+            max_bytes=99,
+        )
         runtime = Runtime(Settings(home=Path(tmp) / "home"), embedder=embedder)
         spec = SourceSpec(
             name="bench",
@@ -79,8 +86,8 @@ def main() -> None:
             rows = session.query(Document.title, Chunk.section, Chunk.text).join(Chunk).all()
         texts = [embedding_text(t, s, x) for t, s, x in rows]
         started = time.perf_counter()
-        for i in range(0, len(texts), 256):  # the pipeline's batch size
-            embedder.embed(texts[i : i + 256])
+        for i in range(0, len(texts), 512):  # the pipeline's batch size
+            embedder.embed(texts[i : i + 512])
         raw_seconds = time.perf_counter() - started
         runtime.close()
 

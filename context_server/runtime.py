@@ -112,6 +112,7 @@ class Runtime:
         *,
         embedder: Embedder | None = None,
         index: VectorIndex | None = None,
+        pipeline_options: PipelineOptions | None = None,
     ) -> None:
         self.settings = settings
         if settings.database_url is None:
@@ -121,6 +122,11 @@ class Runtime:
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self._embedder = embedder
         self._index = index
+        self.pipeline_options = pipeline_options or PipelineOptions(
+            max_document_bytes=settings.max_document_bytes,
+            chunk_tokens=settings.chunk_tokens,
+            chunk_overlap_tokens=settings.chunk_overlap_tokens,
+        )
         self._directory: Directory | None = None
         self._lock = threading.Lock()
         self._syncing: set[str] = set()
@@ -260,15 +266,7 @@ class Runtime:
 
     def _run_sync(self, name: str, progress: ProgressFn | None) -> SyncResult:
         index = self.index  # fail early (locked, unreachable) before a run is recorded
-        pipeline = Pipeline(
-            index,
-            self.embedder,
-            PipelineOptions(
-                max_document_bytes=self.settings.max_document_bytes,
-                chunk_tokens=self.settings.chunk_tokens,
-                chunk_overlap_tokens=self.settings.chunk_overlap_tokens,
-            ),
-        )
+        pipeline = Pipeline(index, self.embedder, self.pipeline_options)
         with self.sessions() as session:
             source = session.scalar(select(Source).where(Source.name == name))
             assert source is not None

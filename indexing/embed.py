@@ -26,6 +26,7 @@ from indexing.index import EmbedderIdentity
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
@@ -72,6 +73,7 @@ class MiniLMEmbedder:
         self.backend = auto_backend() if backend == "auto" else backend
         self.batch_size = batch_size
         self._model: SentenceTransformer | None = None
+        self._counter: Tokenizer | None = None
         self._lock = threading.Lock()
 
     @property
@@ -118,7 +120,20 @@ class MiniLMEmbedder:
 
     def count_tokens(self, text: str) -> int:
         # Without special tokens: the chunker bounds the text the model will see.
-        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.counter.encode(text, add_special_tokens=False).ids)
+
+    @property
+    def counter(self) -> Tokenizer:
+        """The model's Rust tokenizer without padding or truncation, for counting: the
+        chunker counts often, and the transformers wrapper costs more than the counting."""
+        if self._counter is None:
+            from tokenizers import Tokenizer
+
+            counter = Tokenizer.from_str(self.model.tokenizer.backend_tokenizer.to_str())
+            counter.no_padding()
+            counter.no_truncation()
+            self._counter = counter
+        return self._counter
 
 
 class FakeHashEmbedder:

@@ -19,6 +19,7 @@ from context_server.specs import PrincipalsSpec, SourceSpec
 from context_server.store.models import Chunk, Document
 from indexing.embed import FakeHashEmbedder, Vectors
 from indexing.index import AccessFilter
+from indexing.pipeline import PipelineOptions
 
 RULES = [
     {"glob": "finance/**", "allow": ["group:finance"], "deny": ["user:bob"]},
@@ -176,10 +177,11 @@ class CrashingEmbedder(FakeHashEmbedder):
 
 def test_a_crashed_sync_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     root = tmp_path / "many"
-    for i in range(40):  # ~10 chunks each: several embedding batches of 256 chunks
-        write(root, f"doc-{i:02d}.md", f"# Doc {i}\n\n" + f"sentence number {i} here. " * 400)
+    for i in range(40):  # a few chunks each: several embedding batches of 64 chunks
+        write(root, f"doc-{i:02d}.md", f"# Doc {i}\n\n" + f"sentence number {i} here. " * 150)
     settings = Settings(home=tmp_path / "home")
-    rt = Runtime(settings, embedder=CrashingEmbedder(after=1))
+    small_batches = PipelineOptions(batch_chunks=64, min_batch_chunks=64)
+    rt = Runtime(settings, embedder=CrashingEmbedder(after=2), pipeline_options=small_batches)
     rt.add_source(
         SourceSpec(name="drive", kind="filesystem", config={"root": str(root), "acl_rules": RULES})
     )
