@@ -16,7 +16,6 @@ Imports: stdlib, connectors.base, indexing.*.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -187,15 +186,6 @@ _Item = _Prepared | _AclOnly | _Deleted | _Failed | _Done | _Crashed | None
 ProgressFn = Callable[[SyncReport], None]
 
 
-def _lower_thread_priority() -> None:
-    """Let the embedder's threads win the CPU: the reader only has to stay ahead of them,
-    and it runs ahead (a bounded queue) in the gaps. Linux gives each thread its own nice."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass  # not Linux, or not permitted: the reader runs at normal priority
-
-
 class Pipeline:
     def __init__(
         self,
@@ -309,7 +299,6 @@ class Pipeline:
                     continue
             return False
 
-        _lower_thread_priority()
         try:
             while not stop.is_set():
                 try:
