@@ -80,8 +80,13 @@ class QdrantServerIndex:
         collection: str = "chunks",
         timeout: int = 10,
     ) -> QdrantServerIndex:
-        """Connect to the server at ``url`` (nothing is sent until the first call)."""
-        client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
+        """Connect to the server at ``url`` (nothing is sent until the first call).
+
+        ``:memory:`` is qdrant-client's in-process stand-in for a server (tests, trials)."""
+        if url == ":memory:":
+            client = QdrantClient(location=url)
+        else:
+            client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
         return cls(client, collection, owns_client=True)
 
     # --- VectorIndex ----------------------------------------------------------------------

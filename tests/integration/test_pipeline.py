@@ -46,9 +46,21 @@ def share(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(
+    params=["embedded", pytest.param("scale-out", marks=pytest.mark.postgres)],
+)
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """The same scenarios on the embedded default (SQLite + Qdrant's engine in-process) and,
+    by settings only, on PostgreSQL + the Qdrant client (its in-process server stand-in)."""
+    if request.param == "embedded":
+        return Settings(home=tmp_path / "home")
+    url = request.getfixturevalue("postgres_url")
+    return Settings(home=tmp_path / "home", database_url=url, qdrant_url=":memory:")
+
+
 @pytest.fixture
-def runtime(tmp_path: Path, share: Path) -> Iterator[Runtime]:
-    rt = Runtime(Settings(home=tmp_path / "home"), embedder=FakeHashEmbedder())
+def runtime(settings: Settings, share: Path) -> Iterator[Runtime]:
+    rt = Runtime(settings, embedder=FakeHashEmbedder())
     rt.load_principals(
         PrincipalsSpec(
             groups={
