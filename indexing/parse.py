@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 FailureReason = Literal["too_large", "empty", "encrypted", "corrupt", "unsupported_type"]
 
+_OBJECT_REPR = re.compile(r":?\s*<[\w.]+ object at 0x[0-9a-f]+>")
+
 #: Separator between elements in ``ParsedDocument.full_text``.
 ELEMENT_SEPARATOR: Final = "\n\n"
 
@@ -133,7 +135,8 @@ def parse(
     except _EncryptedError as exc:
         return ParseFailure("encrypted", str(exc))
     except Exception as exc:  # a bad document must never escape: record it, go on
-        detail = f"{type(exc).__name__}: {exc}"[:2000]
+        # Without object reprs (<_io.BytesIO object at 0x…>): the same file, the same detail.
+        detail = _OBJECT_REPR.sub("", f"{type(exc).__name__}: {exc}")[:2000].rstrip(" :")
         if isinstance(exc, ImportError):  # an optional dependency of this format is missing
             return ParseFailure("unsupported_type", detail)
         if re.search(r"password|encrypt", str(exc), re.IGNORECASE):
