@@ -101,6 +101,11 @@ class VectorIndex(Protocol):
 
     def count(self, access: AccessFilter | None = None) -> int: ...
 
+    def optimize(self) -> bool:
+        """Build search structures now (blocking); ``False`` when there was nothing to do
+        or the backend does it in the background (a Qdrant server)."""
+        ...
+
     def close(self) -> None: ...
 
 

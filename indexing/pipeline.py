@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from connectors.base import Acl, Change, Checkpoint, Delete, Failure, SourceDocument
 from indexing.chunk import chunk as chunk_document
 from indexing.embed import Embedder
-from indexing.index import ChunkPayload, IndexPoint, VectorIndex
+from indexing.index import EXACT_SEARCH_MAX_POINTS, ChunkPayload, IndexPoint, VectorIndex
 from indexing.parse import ParseFailure, parse
 
 NAMESPACE = uuid.UUID("6f1c3a52-96b4-4a8e-9d51-3f0f6a1b2c7d")
@@ -264,6 +264,10 @@ class Pipeline:
                     if not known[external_id].deleted:
                         self._delete(known[external_id].id, store, report)
             store.commit()
+            if report.chunks_embedded and self.index.count() > EXACT_SEARCH_MAX_POINTS:
+                # Past the exact-search threshold, searches need the HNSW graph, which an
+                # embedded index builds only when asked.
+                self.index.optimize()
         finally:
             stop.set()
             # Unblock a reader waiting on a full queue so it sees the stop flag.

@@ -209,8 +209,6 @@ class EdgeVectorIndex:
         finally:
             self._release_lock()
 
-    # --- Beyond the protocol --------------------------------------------------------------
-
     def optimize(self) -> bool:
         """Build HNSW graphs and merge segments; blocks until done (seconds per 10k points).
 
@@ -221,6 +219,8 @@ class EdgeVectorIndex:
         shard = self._require_shard()
         with self._engine_errors():
             return shard.optimize()
+
+    # --- Beyond the protocol --------------------------------------------------------------
 
     @property
     def path(self) -> Path:

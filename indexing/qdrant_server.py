@@ -188,6 +188,10 @@ class QdrantServerIndex:
         with self._errors():
             return self._client.count(self._collection, count_filter=flt, exact=True).count
 
+    def optimize(self) -> bool:
+        """A Qdrant server optimizes in the background: nothing to do here."""
+        return False
+
     def close(self) -> None:
         if self._owns_client:
             self._client.close()

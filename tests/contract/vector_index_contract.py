@@ -198,6 +198,15 @@ class VectorIndexContract:
         index.upsert(points)
         assert index.count() == 2500
 
+    def test_optimize_keeps_every_point_and_the_ranking(self, index: VectorIndex) -> None:
+        points = [point(between(i % DIM, (i + 1) % DIM, 0.3), payload(f"o{i}")) for i in range(300)]
+        index.upsert(points)
+        query = between(2, 3, 0.3)
+        before = [h.id for h in index.search(query, everyone("group:everyone"), 10)]
+        assert isinstance(index.optimize(), bool)
+        assert index.count() == 300
+        assert [h.id for h in index.search(query, everyone("group:everyone"), 10)] == before
+
     # --- the ACL pre-filter ---------------------------------------------------------------
 
     @pytest.fixture

@@ -270,3 +270,20 @@ def test_real_office_documents_ingest_without_a_crash(tmp_path: Path, shared_dat
     assert len(rt.failures("drive")) == r.failed
     assert rt.index.count() == store_chunks(rt)
     rt.close()
+
+
+def test_a_large_index_is_optimized_after_a_sync_that_added_points(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import indexing.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "EXACT_SEARCH_MAX_POINTS", 1)  # "large" for this test
+    index = runtime.index
+    calls: list[bool] = []
+    real = index.optimize
+    monkeypatch.setattr(index, "optimize", lambda: calls.append(real()) or calls[-1])
+    runtime.sync("drive")
+    assert len(calls) == 1
+    assert "budget.md" in titles(runtime, "marketing budget", "user:alice")
+    runtime.sync("drive")  # nothing new: nothing to optimize
+    assert len(calls) == 1
