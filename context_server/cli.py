@@ -111,6 +111,27 @@ def sources_list(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+@sources_app.command("failures")
+def sources_failures(
+    name: Annotated[str, typer.Argument(help="The source.")],
+    reason: Annotated[str | None, typer.Option(help="Only this reason, e.g. corrupt.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Documents the source's last sync could not ingest, and why."""
+    with _backend(as_json) as backend:
+        failures = [f for f in backend.failures(name) if reason in (None, f["reason"])]
+    if as_json:
+        _print_json({"source": name, "failures": failures})
+        return
+    if not failures:
+        out.print(f"no failures in the last sync of {name}")
+    table = Table("document", "reason", "detail")
+    for f in failures:
+        table.add_row(f["external_id"], f["reason"], f["detail"])
+    if failures:
+        out.print(table)
+
+
 # -- sync ----------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -69,6 +70,7 @@ def running_server(settings: Settings) -> ServerInfo | None:
 class Backend(Protocol):
     def add_source(self, spec: SourceSpec, base_dir: Path) -> dict[str, Any]: ...
     def list_sources(self) -> list[dict[str, Any]]: ...
+    def failures(self, name: str) -> list[dict[str, str]]: ...
     def sync(self, name: str | None, progress: ProgressFn | None) -> list[dict[str, Any]]: ...
     def search(self, query: str, principal: str, k: int) -> list[dict[str, Any]]: ...
     def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]: ...
@@ -86,6 +88,9 @@ class LocalBackend:
 
     def list_sources(self) -> list[dict[str, Any]]:
         return [s.to_json() for s in self.runtime.list_sources()]
+
+    def failures(self, name: str) -> list[dict[str, str]]:
+        return self.runtime.failures(name)
 
     def sync(self, name: str | None, progress: ProgressFn | None) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.runtime.sync(name, progress)]
@@ -136,6 +141,9 @@ class RemoteBackend:
 
     def list_sources(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/sources")["sources"])
+
+    def failures(self, name: str) -> list[dict[str, str]]:
+        return list(self._call("GET", f"/v1/sources/{quote(name)}/failures")["failures"])
 
     def sync(self, name: str | None, progress: ProgressFn | None) -> list[dict[str, Any]]:
         return list(self._call("POST", "/v1/sync", {"source": name})["runs"])

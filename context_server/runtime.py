@@ -360,6 +360,7 @@ class Runtime:
 
     def failures(self, name: str) -> list[dict[str, str]]:
         """Failures of the source's last run."""
+        self.source_info(name)  # NotFoundError for an unknown source
         with self.sessions() as session:
             run = session.scalar(
                 select(SyncRun)

@@ -30,6 +30,12 @@ def add_source(spec: SourceSpec, runtime: RuntimeDep) -> dict[str, Any]:
     return runtime.add_source(spec).to_json()
 
 
+@v1.get("/sources/{name}/failures")
+def source_failures(name: str, runtime: RuntimeDep) -> dict[str, Any]:
+    """Documents the source's last sync could not ingest, with reasons."""
+    return {"source": name, "failures": runtime.failures(name)}
+
+
 class SyncRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str | None = Field(default=None, description="One source; all when omitted.")

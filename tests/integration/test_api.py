@@ -70,6 +70,10 @@ def test_add_sync_search_over_http(client: TestClient) -> None:
 
     assert "budget.md" in search("user:alice")
     assert "budget.md" not in search("user:carol")
+    assert client.get("/v1/sources/drive/failures", headers=AUTH).json() == {
+        "source": "drive",
+        "failures": [],
+    }
     closure = client.get("/v1/principals/user:alice", headers=AUTH).json()["principals"]
     assert closure == ["group:everyone", "group:finance", "user:alice"]
 
@@ -84,3 +88,4 @@ def test_domain_errors_become_clear_statuses(client: TestClient) -> None:
     assert r.status_code == 422 and "filesystem" in r.json()["detail"]
     r = client.post("/v1/search", json={"query": "", "as": "user:a"}, headers=AUTH)
     assert r.status_code == 422
+    assert client.get("/v1/sources/nope/failures", headers=AUTH).status_code == 404

@@ -43,6 +43,7 @@ def org(tmp_path: Path) -> Path:
     (root / "share" / "finance" / "budget.md").write_text(
         "# Budget 2027\n\nThe marketing budget for 2027 is 42,000 EUR, approved in October."
     )
+    (root / "share" / "broken.pdf").write_bytes(b"%PDF-1.7 truncated")
     (root / "share" / "welcome.md").write_text(
         "# Welcome\n\nThe office in Lyon opens at nine. Coffee is free."
     )
@@ -72,9 +73,12 @@ def test_add_sync_search_without_a_server(env: dict[str, str], org: Path) -> Non
     report = json.loads(cli(env, "sync", "drive", "--json").stdout)
     for key in ("documents_seen", "upserted", "unchanged", "deleted", "failed", "chunks_embedded"):
         assert key in report
-    assert (report["documents_seen"], report["upserted"], report["failed"]) == (2, 2, 0)
+    assert (report["documents_seen"], report["upserted"], report["failed"]) == (3, 2, 1)
+    assert report["failures"][0]["external_id"] == "broken.pdf"
     again = json.loads(cli(env, "sync", "drive", "--json").stdout)
-    assert (again["unchanged"], again["chunks_embedded"]) == (2, 0)
+    assert (again["unchanged"], again["chunks_embedded"], again["failed"]) == (2, 0, 1)
+    failures = json.loads(cli(env, "sources", "failures", "drive", "--json").stdout)["failures"]
+    assert [(f["external_id"], f["reason"]) for f in failures] == [("broken.pdf", "corrupt")]
 
     def top(who: str) -> list[dict[str, object]]:
         out = cli(env, "search", "marketing budget 2027", "--as", who, "-k", "3", "--json").stdout
@@ -141,6 +145,8 @@ def test_commands_go_through_a_running_server(
     cli(env, "sources", "add", str(org / "drive.yaml"))
     report = json.loads(cli(env, "sync", "--json").stdout)["runs"][0]
     assert report["upserted"] == 2
+    failures = cli(env, "sources", "failures", "drive", "--reason", "corrupt").stdout
+    assert "broken.pdf" in failures
     out = cli(env, "search", "office opens", "--as", "user:carol", "--json").stdout
     assert json.loads(out)["results"][0]["title"] == "welcome.md"
 
