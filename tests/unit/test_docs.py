@@ -31,3 +31,18 @@ def test_every_connector_and_option_is_documented() -> None:
 def test_readme_shows_the_two_commands() -> None:
     readme = (REPO / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def test_every_cli_command_is_in_the_readme() -> None:
+    import typer.main
+
+    from context_server.cli import app
+
+    readme = (REPO / "README.md").read_text()
+    group = typer.main.get_group(app)
+    missing = []
+    for name, command in group.commands.items():
+        subcommands = getattr(command, "commands", None)
+        names = [f"{name} {sub}" for sub in subcommands] if subcommands else [name]
+        missing += [n for n in names if f"context-server {n}" not in readme]
+    assert not missing, f"README.md does not document {missing}"
