@@ -176,12 +176,17 @@ def sync(
         runs = backend.sync(name, p)
     if as_json:
         _print_json(runs[0] if name is not None and len(runs) == 1 else {"runs": runs})
-        return
-    _print_runs(runs)
+    else:
+        _print_runs(runs)
+    if any(run["status"] != "completed" for run in runs):
+        raise typer.Exit(1)
 
 
 def _print_runs(runs: list[dict[str, Any]]) -> None:
     for run in runs:
+        if run["status"] != "completed":
+            err.print(f"[red]{run['source']}: sync failed:[/red] {escape(str(run['error']))}")
+            continue
         out.print(
             f"[bold]{run['source']}[/bold]: {run['documents_seen']} seen, "
             f"{run['upserted']} indexed, {run['unchanged']} unchanged, "

@@ -34,6 +34,7 @@ from context_server.store.models import (
 )
 from context_server.store.sync_store import SqlSyncStore
 from indexing.embed import Embedder, MiniLMEmbedder
+from indexing.errors import IndexingError
 from indexing.index import AccessFilter, VectorIndex, open_index
 from indexing.pipeline import Pipeline, PipelineOptions, SyncReport
 from policies.access import Directory
@@ -60,15 +61,17 @@ class SourceInfo:
 @dataclass(frozen=True)
 class SyncResult:
     source: str
-    run_id: int
-    status: str
+    run_id: int | None
+    status: str  # completed | failed
     report: SyncReport
+    error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "run_id": self.run_id,
             "status": self.status,
+            "error": self.error,
             **self.report.counts(),
             "failures": [
                 {"external_id": e, "reason": r, "detail": d} for e, r, d in self.report.failures
@@ -243,15 +246,31 @@ class Runtime:
     # -- sync -----------------------------------------------------------------------------
 
     def sync(self, name: str | None = None, progress: ProgressFn | None = None) -> list[SyncResult]:
-        """Sync one source, or all of them in name order."""
+        """Sync one source (its errors are raised), or all of them in name order: then a
+        source that cannot sync is reported as failed and the others still sync."""
+        if name is not None:
+            self.source_info(name)  # NotFoundError for an unknown source
+            return [self._sync_one(name, progress)]
         with self.sessions() as session:
-            query = select(Source.name).order_by(Source.name)
-            if name is not None:
-                query = query.where(Source.name == name)
-            names = list(session.scalars(query))
-        if name is not None and not names:
-            raise _missing(name)
-        return [self._sync_one(n, progress) for n in names]
+            names = list(session.scalars(select(Source.name).order_by(Source.name)))
+        results = []
+        for each in names:
+            try:
+                results.append(self._sync_one(each, progress))
+            except IndexingError:
+                raise  # the index itself is unusable: no other source can sync either
+            except Exception as exc:
+                last = self.source_info(each).last_sync
+                results.append(
+                    SyncResult(
+                        source=each,
+                        run_id=last["run_id"] if last else None,
+                        status="failed",
+                        report=SyncReport(),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                )
+        return results
 
     def _sync_one(self, name: str, progress: ProgressFn | None) -> SyncResult:
         with self._lock:

@@ -276,6 +276,7 @@ class Pipeline:
                     items.get_nowait()
                 except queue.Empty:
                     reader.join(timeout=0.05)
+            changes.close()  # the connector's files and connections, also when we failed
         report.seconds = time.perf_counter() - started
         if progress:
             progress(report)

@@ -287,3 +287,18 @@ def test_a_large_index_is_optimized_after_a_sync_that_added_points(
     assert "budget.md" in titles(runtime, "marketing budget", "user:alice")
     runtime.sync("drive")  # nothing new: nothing to optimize
     assert len(calls) == 1
+
+
+def test_one_broken_source_does_not_stop_the_others(runtime: Runtime, tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    runtime.add_source(SourceSpec(name="a-gone", kind="filesystem", config={"root": str(gone)}))
+    gone.rmdir()
+    broken, drive = runtime.sync()
+    assert (broken.source, broken.status) == ("a-gone", "failed")
+    assert broken.error and "does not exist" in broken.error
+    assert (drive.source, drive.status, drive.report.upserted) == ("drive", "completed", 3)
+    from connectors.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        runtime.sync("a-gone")  # named: its error is raised
