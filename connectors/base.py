@@ -147,7 +147,11 @@ class Delete:
 
 @dataclass(frozen=True)
 class Failure:
-    """A document the connector could not read. ``reason`` is a short stable code."""
+    """A document the connector could not read. ``reason`` is a short stable code.
+
+    An ``external_id`` ending in ``/`` stands for a container (a folder, a space) that could
+    not be listed: no document whose id starts with it is taken for deleted.
+    """
 
     external_id: str
     reason: str

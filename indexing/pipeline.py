@@ -260,8 +260,9 @@ class Pipeline:
                     progress(report)
             self._write_batch(source, batch, store, report)
             if full:
+                unlisted = tuple(s for s in seen if s.endswith("/"))  # containers that failed
                 for external_id in sorted(known.keys() - seen):
-                    if not known[external_id].deleted:
+                    if not known[external_id].deleted and not external_id.startswith(unlisted):
                         self._delete(known[external_id].id, store, report)
             store.commit()
             if report.chunks_embedded and self.index.count() > EXACT_SEARCH_MAX_POINTS:

@@ -47,6 +47,11 @@ def _file_hash(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, links followed, is below ``root`` (realpath: loops do not raise)."""
+    return Path(os.path.realpath(path)).is_relative_to(root)
+
+
 def _user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -99,15 +104,22 @@ class FilesystemConnector:
             folder = stack.pop()
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
-            except OSError:
-                continue  # an unreadable folder: its files cannot be listed, let alone read
+            except OSError as exc:
+                # Unlistable for now: reported for the whole folder ("x/"), never as deletions.
+                relfolder = folder.relative_to(self.root).as_posix()
+                yield ("" if relfolder == "." else relfolder + "/"), folder, exc
+                continue
             for entry in entries:
                 path = Path(entry.path)
                 relpath = path.relative_to(self.root).as_posix()
                 if any(glob_match(g, relpath) for g in self.config.exclude):
                     continue
                 try:
-                    if entry.is_dir(follow_symlinks=self.config.follow_symlinks):
+                    if entry.is_symlink() and not _inside(path, self.root):
+                        # A link must not smuggle a file from outside the share in under the
+                        # share's ACL rules.
+                        yield relpath, path, PermissionError(f"link points outside {self.root}")
+                    elif entry.is_dir(follow_symlinks=self.config.follow_symlinks):
                         stack.append(path)
                     elif entry.is_file(follow_symlinks=True):
                         yield relpath, path, entry.stat(follow_symlinks=True)
@@ -147,8 +159,13 @@ class FilesystemConnector:
         for relpath, path, st in self._walk():
             known = previous.get(relpath)
             if isinstance(st, OSError):
-                if known:  # unreadable for now is not deleted
-                    files[relpath] = known
+                # Unreadable for now is not deleted; a folder's failure ("x/") covers its files.
+                covered = (
+                    [k for k in previous if k.startswith(relpath)]
+                    if relpath.endswith("/")
+                    else [relpath]
+                )
+                files.update({k: previous[k] for k in covered if k in previous})
                 yield Failure(relpath, "unreadable", f"{type(st).__name__}: {st}")
                 continue
             if known and known.mtime_ns == st.st_mtime_ns and known.size == st.st_size:

@@ -12,7 +12,7 @@ from connectors.base import Acl
 from connectors.errors import ConfigError
 from connectors.filesystem.config import AclRule, FilesystemConfig
 from connectors.filesystem.connector import FilesystemConnector
-from tests.contract.connector_contract import ConnectorContract, run, upserts
+from tests.contract.connector_contract import ConnectorContract, deletes, failures, run, upserts
 
 
 class TestFilesystemContract(ConnectorContract):
@@ -134,3 +134,37 @@ def test_bad_rules_are_refused() -> None:
         AclRule(glob="finance/**", allow=["finance"])
     with pytest.raises(ValueError):
         AclRule(glob="/abs/**", allow=["group:finance"])
+
+
+def test_a_link_out_of_the_share_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root password")
+    share = tmp_path / "share"
+    _tree(share, {"a.txt": "a", "inside/b.txt": "b"})
+    (share / "leak.txt").symlink_to(secret)
+    (share / "leakdir").symlink_to(tmp_path, target_is_directory=True)
+    (share / "ok.txt").symlink_to(share / "a.txt")
+    config = FilesystemConfig(root=share, follow_symlinks=True)
+    changes, _ = run(FilesystemConnector(config), None)
+    assert set(upserts(changes)) == {"a.txt", "inside/b.txt", "ok.txt"}
+    assert set(failures(changes)) == {"leak.txt", "leakdir"}
+
+
+def test_an_unlistable_folder_is_a_failure_not_a_deletion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tree(tmp_path, {"a.txt": "a", "team/b.txt": "b", "team/deep/c.txt": "c"})
+    connector = FilesystemConnector(FilesystemConfig(root=tmp_path))
+    _, checkpoint = run(connector, None)
+    real = os.scandir
+
+    def scandir(path: Any) -> Any:  # a fake outage of one folder (we run as root here)
+        if Path(path).name == "team":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    changes, after = run(connector, checkpoint)
+    assert deletes(changes) == set()
+    assert set(failures(changes)) == {"team/"}
+    assert set(after.files) == {"a.txt", "team/b.txt", "team/deep/c.txt"}

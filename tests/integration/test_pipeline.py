@@ -302,3 +302,26 @@ def test_one_broken_source_does_not_stop_the_others(runtime: Runtime, tmp_path: 
 
     with pytest.raises(ConfigError, match="does not exist"):
         runtime.sync("a-gone")  # named: its error is raised
+
+
+def test_a_folder_outage_during_a_full_sync_deletes_nothing(
+    runtime: Runtime, share: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime.sync("drive")
+    # a config change resets the checkpoint: the next sync is a full listing
+    rules = [{"glob": "**", "allow": ["group:everyone"]}]
+    runtime.add_source(
+        SourceSpec(name="drive", kind="filesystem", config={"root": str(share), "acl_rules": rules})
+    )
+    real = os.scandir
+
+    def scandir(path: object) -> object:  # a fake outage of one folder (we run as root here)
+        if Path(str(path)).name == "finance":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    (run,) = runtime.sync("drive")
+    assert run.report.deleted == 0
+    assert [f[:2] for f in run.report.failures] == [("finance/", "unreadable")]
+    assert runtime.source_info("drive").documents == 3
