@@ -24,6 +24,7 @@ from rich.table import Table
 from connectors.errors import ConnectorError
 from context_server.client import Backend, ServerInfo, connect, running_server, write_server_file
 from context_server.errors import ContextServerError
+from context_server.runtime import SEARCH_MODES
 from context_server.settings import Settings
 from context_server.specs import load_principals_spec, load_source_spec
 from indexing.errors import IndexingError
@@ -205,11 +206,16 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     as_: Annotated[str, typer.Option("--as", help="The principal searching: user:NAME.")],
     k: Annotated[int, typer.Option("-k", min=1, max=100, help="How many results.")] = 5,
+    mode: Annotated[
+        str, typer.Option(help="hybrid (default), dense (embeddings) or keyword (BM25).")
+    ] = "hybrid",
     as_json: JsonOpt = False,
 ) -> None:
     """Search as a principal: only chunks its ACLs grant are considered."""
+    if mode not in SEARCH_MODES:
+        _fail(f"unknown mode {mode!r}; choose {', '.join(SEARCH_MODES)}", as_json)
     with _backend(as_json) as backend:
-        results = backend.search(query, as_, k)
+        results = backend.search(query, as_, k, mode)
     if as_json:
         _print_json({"results": results})
         return

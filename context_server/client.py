@@ -19,7 +19,7 @@ import httpx
 
 from connectors import registry
 from context_server.errors import ServerError
-from context_server.runtime import Runtime
+from context_server.runtime import Runtime, SearchMode
 from context_server.settings import Settings
 from context_server.specs import PrincipalsSpec, SourceSpec, resolve_paths
 from indexing.pipeline import SyncReport
@@ -72,7 +72,9 @@ class Backend(Protocol):
     def list_sources(self) -> list[dict[str, Any]]: ...
     def failures(self, name: str) -> list[dict[str, str]]: ...
     def sync(self, name: str | None, progress: ProgressFn | None) -> list[dict[str, Any]]: ...
-    def search(self, query: str, principal: str, k: int) -> list[dict[str, Any]]: ...
+    def search(
+        self, query: str, principal: str, k: int, mode: SearchMode
+    ) -> list[dict[str, Any]]: ...
     def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]: ...
     def close(self) -> None: ...
 
@@ -95,8 +97,8 @@ class LocalBackend:
     def sync(self, name: str | None, progress: ProgressFn | None) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.runtime.sync(name, progress)]
 
-    def search(self, query: str, principal: str, k: int) -> list[dict[str, Any]]:
-        return [r.to_json() for r in self.runtime.search(query, principal, k)]
+    def search(self, query: str, principal: str, k: int, mode: SearchMode) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.runtime.search(query, principal, k, mode=mode)]
 
     def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]:
         return self.runtime.load_principals(spec)
@@ -148,8 +150,8 @@ class RemoteBackend:
     def sync(self, name: str | None, progress: ProgressFn | None) -> list[dict[str, Any]]:
         return list(self._call("POST", "/v1/sync", {"source": name})["runs"])
 
-    def search(self, query: str, principal: str, k: int) -> list[dict[str, Any]]:
-        body = {"query": query, "as": principal, "k": k}
+    def search(self, query: str, principal: str, k: int, mode: SearchMode) -> list[dict[str, Any]]:
+        body = {"query": query, "as": principal, "k": k, "mode": mode}
         return list(self._call("POST", "/v1/search", body)["results"])
 
     def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +36,7 @@ from context_server.store.sync_store import SqlSyncStore
 from indexing.embed import Embedder, MiniLMEmbedder
 from indexing.errors import IndexingError
 from indexing.index import AccessFilter, VectorIndex, open_index
+from indexing.keyword import KeywordEncoder
 from indexing.pipeline import Pipeline, PipelineOptions, SyncReport
 from policies.access import Directory
 
@@ -107,6 +108,9 @@ class SearchResult:
 
 ProgressFn = Callable[[str, SyncReport], None]
 
+SearchMode = Literal["dense", "keyword", "hybrid"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "keyword", "hybrid")
+
 
 class Runtime:
     def __init__(
@@ -131,6 +135,7 @@ class Runtime:
             chunk_overlap_tokens=settings.chunk_overlap_tokens,
         )
         self._directory: Directory | None = None
+        self.keywords = KeywordEncoder()
         self._lock = threading.Lock()
         self._syncing: set[str] = set()
 
@@ -350,18 +355,29 @@ class Runtime:
     # -- search ---------------------------------------------------------------------------
 
     def search(
-        self, query: str, principal: str, k: int = 10, sources: list[str] | None = None
+        self,
+        query: str,
+        principal: str,
+        k: int = 10,
+        sources: list[str] | None = None,
+        mode: SearchMode = "hybrid",
     ) -> list[SearchResult]:
-        """Top ``k`` chunks ``principal`` may read; the ACL is a filter inside the query."""
+        """Top ``k`` chunks ``principal`` may read; the ACL is a filter inside the query.
+
+        ``mode``: ``dense`` (the embedding model), ``keyword`` (BM25), or ``hybrid`` (both,
+        fused by reciprocal rank)."""
         if not query.strip():
             raise SpecError("the query is empty")
+        if mode not in SEARCH_MODES:
+            raise SpecError(f"unknown search mode {mode!r}; choose {', '.join(SEARCH_MODES)}")
         access = AccessFilter(
             principals=self.principals_for(principal),
             sources=frozenset(sources) if sources else None,
         )
         self.index.ensure(self.embedder.identity)
-        vector = self.embedder.embed([query])[0].tolist()
-        hits = self.index.search(vector, access, k)
+        vector = self.embedder.embed([query])[0].tolist() if mode != "keyword" else None
+        sparse = self.keywords.query(query) if mode != "dense" else None
+        hits = self.index.search(vector, access, k, sparse=sparse)
         return [
             SearchResult(
                 document_id=h.payload.document_id,

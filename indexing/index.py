@@ -22,17 +22,37 @@ from typing import Protocol
 
 from connectors.base import PUBLIC
 
+#: The keyword (sparse) model every index carries beside the dense vectors: Qdrant's BM25
+#: (English stop words, Snowball stemmer) with these parameters; IDF is applied by the index
+#: at query time. Part of the index identity: a different keyword model needs a re-index.
+KEYWORD_MODEL = "qdrant-bm25/english/k1.2/b0.75/avg150"
+#: The name of the sparse vector in both implementations.
+KEYWORD_VECTOR = "keyword"
+#: Reciprocal rank fusion constant for hybrid search (the usual 60).
+RRF_K = 60
+#: How many candidates each part of a hybrid search contributes to the fusion.
+HYBRID_DEPTH = 100
+
 
 @dataclass(frozen=True)
 class EmbedderIdentity:
-    """Which model and backend made the vectors. Mixing two in one index is refused."""
+    """Which models made the vectors. Mixing two in one index is refused."""
 
     name: str  # e.g. "all-MiniLM-L6-v2"
     backend: str  # e.g. "torch-bf16"
     dim: int
+    keyword: str = KEYWORD_MODEL
 
     def key(self) -> str:
-        return f"{self.name}/{self.backend}/{self.dim}"
+        return f"{self.name}/{self.backend}/{self.dim}+{self.keyword}"
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """Keyword weights: token ids (32-bit hashes) and their weights."""
+
+    indices: tuple[int, ...]
+    values: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,7 @@ class IndexPoint:
     id: str  # a UUID string: the chunk's vector point id
     vector: Sequence[float]
     payload: ChunkPayload
+    sparse: SparseVector | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +118,17 @@ class VectorIndex(Protocol):
     def set_acl(self, document_id: str, allow: Sequence[str], deny: Sequence[str]) -> None:
         """Rewrite the ACL payload of every point of a document, without touching vectors."""
 
-    def search(self, vector: Sequence[float], access: AccessFilter, limit: int) -> list[Hit]: ...
+    def search(
+        self,
+        vector: Sequence[float] | None,
+        access: AccessFilter,
+        limit: int,
+        *,
+        sparse: SparseVector | None = None,
+    ) -> list[Hit]:
+        """Dense search (``vector``), keyword search (``sparse``), or both fused by
+        reciprocal rank (hybrid); the access filter applies inside every part."""
+        ...
 
     def count(self, access: AccessFilter | None = None) -> int: ...
 
@@ -173,7 +204,12 @@ def payload_from_dict(data: Mapping[str, object]) -> ChunkPayload:
 
 
 def identity_to_dict(identity: EmbedderIdentity) -> dict[str, str | int]:
-    return {"name": identity.name, "backend": identity.backend, "dim": identity.dim}
+    return {
+        "name": identity.name,
+        "backend": identity.backend,
+        "dim": identity.dim,
+        "keyword": identity.keyword,
+    }
 
 
 def identity_from_dict(data: object) -> EmbedderIdentity | None:
@@ -181,9 +217,10 @@ def identity_from_dict(data: object) -> EmbedderIdentity | None:
     if not isinstance(data, Mapping):
         return None
     name, backend, dim = data.get("name"), data.get("backend"), data.get("dim")
+    keyword = data.get("keyword", "")  # indexes from before keyword search record none
     if not (isinstance(name, str) and isinstance(backend, str) and isinstance(dim, int)):
         return None
-    return EmbedderIdentity(name=name, backend=backend, dim=dim)
+    return EmbedderIdentity(name=name, backend=backend, dim=dim, keyword=str(keyword))
 
 
 def mismatch_message(where: str, recorded: EmbedderIdentity, wanted: EmbedderIdentity) -> str:

@@ -27,7 +27,14 @@ from typing import Any, Protocol
 from connectors.base import Acl, Change, Checkpoint, Delete, Failure, SourceDocument
 from indexing.chunk import chunk as chunk_document
 from indexing.embed import Embedder
-from indexing.index import EXACT_SEARCH_MAX_POINTS, ChunkPayload, IndexPoint, VectorIndex
+from indexing.index import (
+    EXACT_SEARCH_MAX_POINTS,
+    ChunkPayload,
+    IndexPoint,
+    SparseVector,
+    VectorIndex,
+)
+from indexing.keyword import KeywordEncoder
 from indexing.parse import ParseFailure, parse
 
 NAMESPACE = uuid.UUID("6f1c3a52-96b4-4a8e-9d51-3f0f6a1b2c7d")
@@ -152,6 +159,7 @@ class _Prepared:
     replaces: bool
     texts: list[str]
     chunks: list[PreparedChunk]
+    keywords: list[SparseVector]
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,7 @@ class Pipeline:
     ) -> None:
         self.index = index
         self.embedder = embedder
+        self.keywords = KeywordEncoder()
         self.options = options or PipelineOptions()
 
     def sync(
@@ -400,13 +409,16 @@ class Pipeline:
             for piece in pieces
         ]
         version = stored.version + 1 if stored else 1
+        texts = [embedding_text(document.title, c.section, c.text) for c in chunks]
         return _Prepared(
             document=document,
             doc_id=doc_id,
             version=version,
             replaces=stored is not None,
-            texts=[embedding_text(document.title, c.section, c.text) for c in chunks],
+            texts=texts,
             chunks=chunks,
+            # Keyword vectors are cheap (Rust): made here, off the embedder's thread.
+            keywords=[self.keywords.document(t) for t in texts],
         )
 
     # -- writer (calling thread) ---------------------------------------------------------
@@ -421,11 +433,12 @@ class Pipeline:
         for prepared in batch:
             doc = prepared.document
             points = []
-            for chunk in prepared.chunks:
+            for chunk, keywords in zip(prepared.chunks, prepared.keywords, strict=True):
                 points.append(
                     IndexPoint(
                         id=chunk.id,
                         vector=vectors[row].tolist(),
+                        sparse=keywords,
                         payload=ChunkPayload(
                             document_id=prepared.doc_id,
                             source=source,

@@ -38,11 +38,15 @@ from indexing.errors import (
 )
 from indexing.index import (
     HNSW_EF,
+    HYBRID_DEPTH,
     KEYWORD_FIELDS,
+    KEYWORD_VECTOR,
+    RRF_K,
     AccessFilter,
     EmbedderIdentity,
     Hit,
     IndexPoint,
+    SparseVector,
     identity_from_dict,
     identity_to_dict,
     mismatch_message,
@@ -116,7 +120,8 @@ class EdgeVectorIndex:
             shutil.rmtree(self._shard_path)
 
         config = qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=identity.dim, distance=qe.Distance.Cosine)
+            vectors=qe.EdgeVectorParams(size=identity.dim, distance=qe.Distance.Cosine),
+            sparse_vectors={KEYWORD_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
         )
         with self._engine_errors():
             shard = qe.EdgeShard.create(str(self._shard_path), config)
@@ -133,7 +138,7 @@ class EdgeVectorIndex:
         shard = self._require_shard()
         for start in range(0, len(points), _UPSERT_BATCH):
             batch = [
-                qe.Point(p.id, [float(x) for x in p.vector], payload_to_dict(p.payload))
+                qe.Point(p.id, _vectors(p), payload_to_dict(p.payload))
                 for p in points[start : start + _UPSERT_BATCH]
             ]
             with self._engine_errors():
@@ -160,7 +165,16 @@ class EdgeVectorIndex:
         with self._engine_errors():
             shard.update(qe.UpdateOperation.set_payload_by_filter(_document(document_id), acl))
 
-    def search(self, vector: Sequence[float], access: AccessFilter, limit: int) -> list[Hit]:
+    def search(
+        self,
+        vector: Sequence[float] | None,
+        access: AccessFilter,
+        limit: int,
+        *,
+        sparse: SparseVector | None = None,
+    ) -> list[Hit]:
+        if vector is None and sparse is None:
+            raise ValueError("search needs a dense vector, a sparse one, or both")
         shard = self._require_shard()
         if limit <= 0 or access.sources == frozenset():
             return []
@@ -174,13 +188,31 @@ class EdgeVectorIndex:
             if use_exact_search(cardinality)
             else qe.SearchParams(hnsw_ef=max(HNSW_EF, limit))
         )
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest([float(x) for x in vector]),
-            filter=acl,
-            params=params,
-            with_payload=True,
+        dense = None if vector is None else qe.Query.Nearest([float(x) for x in vector])
+        keyword = (
+            None if sparse is None else qe.Query.Nearest(_sparse(sparse), using=KEYWORD_VECTOR)
         )
+        if dense is not None and keyword is not None:
+            # Hybrid: each part pre-filtered, then fused by reciprocal rank.
+            depth = max(limit, HYBRID_DEPTH)
+            request = qe.QueryRequest(
+                limit=limit,
+                prefetches=[
+                    qe.Prefetch(query=dense, filter=acl, params=params, limit=depth),
+                    qe.Prefetch(query=keyword, filter=acl, limit=depth),
+                ],
+                query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # stub omits Rrf
+                filter=acl,
+                with_payload=True,
+            )
+        else:
+            request = qe.QueryRequest(
+                limit=limit,
+                query=dense if dense is not None else keyword,
+                filter=acl,
+                params=params if dense is not None else None,
+                with_payload=True,
+            )
         with self._engine_errors():
             scored = shard.query(request)
         return [
@@ -348,3 +380,14 @@ def _access(access: AccessFilter) -> qe.Filter:
         must.append(qe.FieldCondition("source", match=qe.MatchAny(sorted(access.sources))))
     must_not: list[qe.ConditionType] = [qe.FieldCondition("acl_deny", match=qe.MatchAny(tokens))]
     return qe.Filter(must=must, must_not=must_not)
+
+
+def _sparse(vector: SparseVector) -> qe.SparseVector:
+    return qe.SparseVector(list(vector.indices), list(vector.values))
+
+
+def _vectors(point: IndexPoint) -> qe.Vector:
+    dense = [float(x) for x in point.vector]
+    if point.sparse is None:
+        return dense
+    return {"": dense, KEYWORD_VECTOR: _sparse(point.sparse)}

@@ -32,11 +32,15 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from indexing.errors import EmbedderMismatchError, IndexingError, IndexUnavailableError
 from indexing.index import (
     HNSW_EF,
+    HYBRID_DEPTH,
     KEYWORD_FIELDS,
+    KEYWORD_VECTOR,
+    RRF_K,
     AccessFilter,
     EmbedderIdentity,
     Hit,
     IndexPoint,
+    SparseVector,
     identity_from_dict,
     identity_to_dict,
     mismatch_message,
@@ -102,6 +106,9 @@ class QdrantServerIndex:
                         vectors_config=m.VectorParams(
                             size=identity.dim, distance=m.Distance.COSINE
                         ),
+                        sparse_vectors_config={
+                            KEYWORD_VECTOR: m.SparseVectorParams(modifier=m.Modifier.IDF)
+                        },
                         metadata={_METADATA_KEY: identity_to_dict(identity)},
                     )
             except _Conflict:
@@ -113,11 +120,7 @@ class QdrantServerIndex:
     def upsert(self, points: Sequence[IndexPoint]) -> None:
         for start in range(0, len(points), _UPSERT_BATCH):
             batch = [
-                m.PointStruct(
-                    id=p.id,
-                    vector=[float(x) for x in p.vector],
-                    payload=payload_to_dict(p.payload),
-                )
+                m.PointStruct(id=p.id, vector=_vectors(p), payload=payload_to_dict(p.payload))
                 for p in points[start : start + _UPSERT_BATCH]
             ]
             with self._errors():
@@ -150,7 +153,16 @@ class QdrantServerIndex:
                 wait=True,
             )
 
-    def search(self, vector: Sequence[float], access: AccessFilter, limit: int) -> list[Hit]:
+    def search(
+        self,
+        vector: Sequence[float] | None,
+        access: AccessFilter,
+        limit: int,
+        *,
+        sparse: SparseVector | None = None,
+    ) -> list[Hit]:
+        if vector is None and sparse is None:
+            raise ValueError("search needs a dense vector, a sparse one, or both")
         if limit <= 0 or access.sources == frozenset():
             return []
         acl = _access(access)
@@ -167,15 +179,33 @@ class QdrantServerIndex:
                 if use_exact_search(cardinality)
                 else m.SearchParams(hnsw_ef=max(HNSW_EF, limit))
             )
+        dense = None if vector is None else [float(x) for x in vector]
+        keyword = None if sparse is None else _sparse(sparse)
         with self._errors():
-            response = self._client.query_points(
-                self._collection,
-                query=[float(x) for x in vector],
-                query_filter=acl,
-                search_params=params,
-                limit=limit,
-                with_payload=True,
-            )
+            if dense is not None and keyword is not None:
+                # Hybrid: each part pre-filtered, then fused by reciprocal rank.
+                depth = max(limit, HYBRID_DEPTH)
+                response = self._client.query_points(
+                    self._collection,
+                    prefetch=[
+                        m.Prefetch(query=dense, filter=acl, params=params, limit=depth),
+                        m.Prefetch(query=keyword, using=KEYWORD_VECTOR, filter=acl, limit=depth),
+                    ],
+                    query=m.RrfQuery(rrf=m.Rrf(k=RRF_K)),
+                    query_filter=acl,
+                    limit=limit,
+                    with_payload=True,
+                )
+            else:
+                response = self._client.query_points(
+                    self._collection,
+                    query=dense if dense is not None else keyword,
+                    using=None if dense is not None else KEYWORD_VECTOR,
+                    query_filter=acl,
+                    search_params=params if dense is not None else None,
+                    limit=limit,
+                    with_payload=True,
+                )
         return [
             Hit(id=str(p.id), score=p.score, payload=payload_from_dict(p.payload or {}))
             for p in response.points
@@ -223,12 +253,20 @@ class QdrantServerIndex:
             return
         # A collection we did not create. Adopt it only if it is empty and shaped for us.
         vectors = info.config.params.vectors
+        keyword = (info.config.params.sparse_vectors or {}).get(KEYWORD_VECTOR)
         with self._errors():
             points = self._client.count(self._collection, exact=True).count
-        if points or not isinstance(vectors, m.VectorParams) or vectors.size != identity.dim:
+        shaped = (
+            isinstance(vectors, m.VectorParams)
+            and vectors.size == identity.dim
+            and keyword is not None
+            and keyword.modifier == m.Modifier.IDF
+        )
+        if points or not shaped:
             raise IndexingError(
-                f"{where} was not created by context-server (it records no embedder and holds "
-                f"{points} points); configure another collection name or delete it"
+                f"{where} was not created by context-server (it records no embedder, holds "
+                f"{points} points and is {'' if shaped else 'not '}shaped for dense + keyword "
+                "vectors); configure another collection name or delete it"
             )
         with self._errors():
             self._client.update_collection(
@@ -305,3 +343,14 @@ def _access(access: AccessFilter) -> m.Filter:
         must.append(m.FieldCondition(key="source", match=m.MatchAny(any=sorted(access.sources))))
     must_not: list[m.Condition] = [m.FieldCondition(key="acl_deny", match=m.MatchAny(any=tokens))]
     return m.Filter(must=must, must_not=must_not)
+
+
+def _sparse(vector: SparseVector) -> m.SparseVector:
+    return m.SparseVector(indices=list(vector.indices), values=list(vector.values))
+
+
+def _vectors(point: IndexPoint) -> m.VectorStruct:
+    dense = [float(x) for x in point.vector]
+    if point.sparse is None:
+        return dense
+    return {"": dense, KEYWORD_VECTOR: _sparse(point.sparse)}

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from context_server.api.deps import AdminDep, RuntimeDep
+from context_server.runtime import SearchMode
 from context_server.specs import PrincipalsSpec, SourceSpec
 
 public = APIRouter()
@@ -62,9 +63,10 @@ class SearchRequest(BaseModel):
     as_: str = Field(alias="as", description="The principal searching, e.g. user:alice.")
     k: int = Field(default=10, ge=1, le=100)
     sources: list[str] | None = None
+    mode: SearchMode = Field(default="hybrid", description="dense, keyword or hybrid.")
 
 
 @v1.post("/search")
 def search(body: SearchRequest, runtime: RuntimeDep) -> dict[str, Any]:
-    results = runtime.search(body.query, body.as_, body.k, body.sources)
+    results = runtime.search(body.query, body.as_, body.k, body.sources, body.mode)
     return {"results": [r.to_json() for r in results]}

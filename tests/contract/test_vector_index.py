@@ -24,6 +24,7 @@ from indexing.qdrant_server import QdrantServerIndex
 from tests.contract.vector_index_contract import (
     DIM,
     IDENTITY,
+    KEYWORDS,
     MakeIndex,
     VectorIndexContract,
     payload,
@@ -376,11 +377,32 @@ def test_an_empty_foreign_collection_is_adopted() -> None:
 
     client = QdrantClient(":memory:")
     client.create_collection(
-        "chunks", vectors_config=m.VectorParams(size=DIM, distance=m.Distance.COSINE)
+        "chunks",
+        vectors_config=m.VectorParams(size=DIM, distance=m.Distance.COSINE),
+        sparse_vectors_config={"keyword": m.SparseVectorParams(modifier=m.Modifier.IDF)},
     )
     QdrantServerIndex(client).ensure(IDENTITY)
     metadata = client.get_collection("chunks").config.metadata
-    assert metadata == {"embedder": {"name": IDENTITY.name, "backend": "test", "dim": DIM}}
+    assert metadata == {
+        "embedder": {
+            "name": IDENTITY.name,
+            "backend": "test",
+            "dim": DIM,
+            "keyword": IDENTITY.keyword,
+        }
+    }
+    client.close()
+
+
+def test_an_empty_foreign_collection_without_keyword_vectors_is_refused() -> None:
+    from qdrant_client import models as m
+
+    client = QdrantClient(":memory:")
+    client.create_collection(
+        "chunks", vectors_config=m.VectorParams(size=DIM, distance=m.Distance.COSINE)
+    )
+    with pytest.raises(IndexingError, match="not shaped for dense"):
+        QdrantServerIndex(client).ensure(IDENTITY)
     client.close()
 
 
@@ -397,3 +419,56 @@ def test_open_index_picks_the_backend(tmp_path: Path) -> None:
     server.close()
     with pytest.raises(ValueError, match="path"):
         open_index(path=None, url=None)
+
+
+WORDS = [f"term{i}" for i in range(60)]  # many terms, varied tf: few score ties
+
+
+def test_edge_and_server_agree_on_keyword_and_hybrid_search(tmp_path: Path) -> None:
+    rng = np.random.default_rng(99)
+    points, acls, _vectors = _random_scenario(300, seed=5)
+    keyworded = [
+        IndexPoint(
+            id=p.id,
+            vector=p.vector,
+            payload=p.payload,
+            sparse=KEYWORDS.document(" ".join(rng.choice(WORDS, size=int(rng.integers(3, 12))))),
+        )
+        for p in points
+    ]
+    edge = EdgeVectorIndex(tmp_path / "edge")
+    client = QdrantClient(":memory:")
+    server = QdrantServerIndex(client)
+    try:
+        for idx in (edge, server):
+            idx.ensure(IDENTITY)
+            idx.upsert(keyworded)
+        for access in PRINCIPAL_SETS:
+            for words in (["term1"], ["term2", "term3"], ["term4", "term50", "term33"]):
+                sparse = KEYWORDS.query(" ".join(words))
+                dense = rng.standard_normal(DIM).tolist()
+                for vector in (None, dense):
+                    e = edge.search(vector, access, 10, sparse=sparse)
+                    s = server.search(vector, access, 10, sparse=sparse)
+                    allowed = {
+                        p.id
+                        for p, acl in zip(points, acls, strict=True)
+                        if acl.grants(access.principals)
+                        and (access.sources is None or p.payload.source in access.sources)
+                    }
+                    assert {h.id for h in e} <= allowed and {h.id for h in s} <= allowed
+                    if vector is None:
+                        # Keyword alone: the same scores; ids equal except among ties at the cut.
+                        assert [h.score for h in e] == pytest.approx([h.score for h in s], rel=1e-4)
+                        cut = e[-1].score + 1e-6 if e else 0.0
+                        assert {h.id for h in e if h.score > cut} == {
+                            h.id for h in s if h.score > cut
+                        }
+                    else:
+                        # Fused: keyword score ties may be ranked apart differently, which
+                        # moves reciprocal ranks a little; the results must still coincide.
+                        assert len(e) == len(s)
+                        assert len({h.id for h in e} & {h.id for h in s}) >= 0.8 * len(e)
+    finally:
+        edge.close()
+        client.close()

@@ -24,10 +24,13 @@ from indexing.index import (
     AccessFilter,
     ChunkPayload,
     EmbedderIdentity,
+    Hit,
     IndexPoint,
     VectorIndex,
 )
+from indexing.keyword import KeywordEncoder
 
+KEYWORDS = KeywordEncoder()
 DIM = 8
 IDENTITY = EmbedderIdentity(name="fake-embedder", backend="test", dim=DIM)
 
@@ -72,8 +75,10 @@ def payload(
     )
 
 
-def point(vector: Sequence[float], p: ChunkPayload) -> IndexPoint:
-    return IndexPoint(id=str(uuid.uuid4()), vector=list(vector), payload=p)
+def point(vector: Sequence[float], p: ChunkPayload, text: str | None = None) -> IndexPoint:
+    """A point; with ``text``, also its keyword (BM25) vector."""
+    sparse = None if text is None else KEYWORDS.document(text)
+    return IndexPoint(id=str(uuid.uuid4()), vector=list(vector), payload=p, sparse=sparse)
 
 
 def everyone(*principals: str, sources: frozenset[str] | None = None) -> AccessFilter:
@@ -206,6 +211,60 @@ class VectorIndexContract:
         assert isinstance(index.optimize(), bool)
         assert index.count() == 300
         assert [h.id for h in index.search(query, everyone("group:everyone"), 10)] == before
+
+    # --- keyword and hybrid search ----------------------------------------------------------
+
+    @pytest.fixture
+    def texts(self, index: VectorIndex) -> dict[str, IndexPoint]:
+        docs = {
+            "budget": ("The 2027 marketing budget is 184,000 EUR.", unit(0), (PUBLIC,)),
+            "payroll": ("Payroll is paid on the 25th of each month.", unit(1), ("group:fin",)),
+            "secret": ("Marketing budget cuts are planned in secret.", unit(2), ("user:dana",)),
+            "travel": ("Book trains for trips under four hours.", unit(3), (PUBLIC,)),
+        }
+        points = {
+            name: point(vector, payload(f"doc-{name}", allow=allow), text)
+            for name, (text, vector, allow) in docs.items()
+        }
+        index.upsert(list(points.values()))
+        return points
+
+    @staticmethod
+    def _ranked(points: dict[str, IndexPoint], hits: list[Hit]) -> list[str]:
+        names = {p.id: name for name, p in points.items()}
+        return [names[h.id] for h in hits]
+
+    def test_keyword_search_matches_stemmed_terms(
+        self, index: VectorIndex, texts: dict[str, IndexPoint]
+    ) -> None:
+        query = KEYWORDS.query("budgets for marketing")
+        hits = index.search(None, everyone("user:dana"), 10, sparse=query)
+        assert self._ranked(texts, hits)[:2] == ["budget", "secret"] or self._ranked(texts, hits)[
+            :2
+        ] == ["secret", "budget"]
+        assert "travel" not in self._ranked(texts, hits)  # shares no term
+        assert all(h.score > 0 for h in hits)
+
+    def test_keyword_search_is_prefiltered(
+        self, index: VectorIndex, texts: dict[str, IndexPoint]
+    ) -> None:
+        query = KEYWORDS.query("marketing budget secret")
+        assert self._ranked(texts, index.search(None, everyone(), 10, sparse=query)) == ["budget"]
+
+    def test_hybrid_fuses_both_and_is_prefiltered(
+        self, index: VectorIndex, texts: dict[str, IndexPoint]
+    ) -> None:
+        # dense points at "travel", keywords at "budget": both rank high, fused
+        query = KEYWORDS.query("marketing budget")
+        hits = index.search(unit(3), everyone("group:fin"), 10, sparse=query)
+        ranked = self._ranked(texts, hits)
+        assert set(ranked[:2]) == {"travel", "budget"}
+        assert "secret" not in ranked  # user:dana only
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+    def test_search_needs_a_query(self, index: VectorIndex) -> None:
+        with pytest.raises(ValueError):
+            index.search(None, everyone(), 10)
 
     # --- the ACL pre-filter ---------------------------------------------------------------
 

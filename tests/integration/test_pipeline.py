@@ -325,3 +325,25 @@ def test_a_folder_outage_during_a_full_sync_deletes_nothing(
     assert run.report.deleted == 0
     assert [f[:2] for f in run.report.failures] == [("finance/", "unreadable")]
     assert runtime.source_info("drive").documents == 3
+
+
+@pytest.mark.parametrize("mode", ["dense", "keyword", "hybrid"])
+def test_every_search_mode_is_permission_filtered(runtime: Runtime, mode: str) -> None:
+    runtime.sync("drive")
+
+    def found(who: str) -> set[str]:
+        return {r.title for r in runtime.search("marketing budget", who, k=50, mode=mode)}  # type: ignore[arg-type]
+
+    assert "budget.md" in found("user:alice")
+    assert "budget.md" not in found("user:carol")
+    assert "budget.md" not in found("user:bob")
+
+
+def test_keyword_search_finds_exact_terms(runtime: Runtime) -> None:
+    runtime.sync("drive")
+    (top, *_) = runtime.search("trains", "user:carol", k=3, mode="keyword")
+    assert top.title == "travel.txt"
+    from context_server.errors import SpecError
+
+    with pytest.raises(SpecError, match="mode"):
+        runtime.search("trains", "user:carol", mode="fuzzy")  # type: ignore[arg-type]
