@@ -24,6 +24,7 @@ from rich.table import Table
 from connectors.errors import ConnectorError
 from context_server.client import Backend, ServerInfo, connect, running_server, write_server_file
 from context_server.errors import ContextServerError
+from context_server.eval_cli import eval_app
 from context_server.runtime import SEARCH_MODES
 from context_server.settings import Settings
 from context_server.specs import load_principals_spec, load_source_spec
@@ -35,6 +36,7 @@ sources_app = typer.Typer(no_args_is_help=True, help="Configure sources.")
 principals_app = typer.Typer(no_args_is_help=True, help="Users, groups and memberships.")
 app.add_typer(sources_app, name="sources")
 app.add_typer(principals_app, name="principals")
+app.add_typer(eval_app, name="eval")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)

@@ -1,0 +1,1 @@
+"""The ``jsonl`` connector: a JSON-lines export file, one document per line."""

@@ -1,0 +1,66 @@
+"""Declared configuration of the ``jsonl`` connector.
+
+Every line of the file is one JSON object: a document. The id, title and text are read
+from the fields named here. The ACL is the source-wide ``acl`` unless ``acl_field`` names a
+per-line object of the same shape, which then replaces it for that line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from connectors.base import Acl, ConnectorConfig, check_principal
+
+
+class JsonlAcl(BaseModel):
+    """Who may read: ``allow`` and ``deny`` list principals; ``deny`` wins over ``allow``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: list[str] = Field(default_factory=list, description="Principals granted read access.")
+    deny: list[str] = Field(default_factory=list, description="Principals refused, always.")
+    public: bool = Field(default=False, description="Readable by every principal.")
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _principals(cls, v: list[str]) -> list[str]:
+        return [check_principal(p) for p in v]
+
+    def to_acl(self) -> Acl:
+        return Acl.of(self.allow, self.deny, public=self.public)
+
+
+class JsonlConfig(ConnectorConfig):
+    path: Path = Field(description="The JSON-lines file; relative to the source YAML's folder.")
+    id_field: str = Field(default="_id", description="Field holding the document's id.")
+    title_field: str = Field(
+        default="title", description="Field holding the title (optional per line; else the id)."
+    )
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["text"],
+        min_length=1,
+        description="Fields whose strings make the text, in order, joined by blank lines.",
+    )
+    url_template: str | None = Field(
+        default=None,
+        description="A document's URL, '{id}' replaced by its id, e.g. https://x/{id}.",
+    )
+    acl: JsonlAcl = Field(description="Who may read every document (required).")
+    acl_field: str | None = Field(
+        default=None,
+        description="Field of a per-line {allow, deny, public} object that replaces `acl`.",
+    )
+
+    @field_validator("url_template")
+    @classmethod
+    def _url_template(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                v.format(id="x")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"bad url_template {v!r}: the only placeholder allowed is {{id}} ({exc})"
+                ) from None
+        return v
