@@ -6,23 +6,22 @@ embedded index), else they open it themselves (context_server/client.py).
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from connectors.errors import ConnectorError
 from context_server.client import Backend, ServerInfo, connect, running_server, write_server_file
+from context_server.console import err, fail, out, print_json, sync_status
 from context_server.errors import ContextServerError
 from context_server.eval_cli import eval_app
 from context_server.runtime import SEARCH_MODES
@@ -38,20 +37,10 @@ app.add_typer(sources_app, name="sources")
 app.add_typer(principals_app, name="principals")
 app.add_typer(eval_app, name="eval")
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
-
-
-def _fail(message: str, as_json: bool) -> NoReturn:
-    if as_json:
-        print(json.dumps({"error": message}))
-    else:
-        err.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(1)
 
 
 @contextmanager
@@ -62,16 +51,12 @@ def _backend(as_json: bool) -> Iterator[Backend]:
         backend = connect(Settings())
         yield backend
     except (ContextServerError, ConnectorError, IndexingError) as exc:
-        _fail(str(exc), as_json)
+        fail(str(exc), as_json)
     except ValueError as exc:  # settings from the environment
-        _fail(f"bad setting: {exc}", as_json)
+        fail(f"bad setting: {exc}", as_json)
     finally:
         if backend is not None:
             backend.close()
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
 
 
 # -- sources -------------------------------------------------------------------------------
@@ -86,7 +71,7 @@ def sources_add(
         spec = load_source_spec(file)
         info = backend.add_source(spec, file.resolve().parent)
     if as_json:
-        _print_json(info)
+        print_json(info)
     else:
         out.print(f"source [bold]{info['name']}[/bold] ({info['kind']}) saved; run `sync`")
 
@@ -97,7 +82,7 @@ def sources_list(as_json: JsonOpt = False) -> None:
     with _backend(as_json) as backend:
         sources = backend.list_sources()
     if as_json:
-        _print_json({"sources": sources})
+        print_json({"sources": sources})
         return
     table = Table("name", "kind", "documents", "chunks", "last sync", "failed")
     for s in sources:
@@ -124,7 +109,7 @@ def sources_failures(
     with _backend(as_json) as backend:
         failures = [f for f in backend.failures(name) if reason in (None, f["reason"])]
     if as_json:
-        _print_json({"source": name, "failures": failures})
+        print_json({"source": name, "failures": failures})
         return
     if not failures:
         out.print(f"no failures in the last sync of {name}")
@@ -158,9 +143,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, SyncReport], None] | Non
                 tasks[source] = bar.add_task(source, total=None, status="")
             bar.update(
                 tasks[source],
-                status=f"seen {r.documents_seen} · new/changed {r.upserted} · "
-                f"unchanged {r.unchanged} · deleted {r.deleted} · failed {r.failed} · "
-                f"chunks {r.chunks_embedded}",
+                status=sync_status(r),
             )
 
         yield update
@@ -178,7 +161,7 @@ def sync(
     with _backend(as_json) as backend, _progress(not as_json and sys.stderr.isatty()) as p:
         runs = backend.sync(name, p)
     if as_json:
-        _print_json(runs[0] if name is not None and len(runs) == 1 else {"runs": runs})
+        print_json(runs[0] if name is not None and len(runs) == 1 else {"runs": runs})
     else:
         _print_runs(runs)
     if any(run["status"] != "completed" for run in runs):
@@ -215,11 +198,11 @@ def search(
 ) -> None:
     """Search as a principal: only chunks its ACLs grant are considered."""
     if mode not in SEARCH_MODES:
-        _fail(f"unknown mode {mode!r}; choose {', '.join(SEARCH_MODES)}", as_json)
+        fail(f"unknown mode {mode!r}; choose {', '.join(SEARCH_MODES)}", as_json)
     with _backend(as_json) as backend:
         results = backend.search(query, as_, k, mode)
     if as_json:
-        _print_json({"results": results})
+        print_json({"results": results})
         return
     if not results:
         out.print(f"nothing {as_} may read matches")
@@ -241,7 +224,7 @@ def principals_load(
     with _backend(as_json) as backend:
         counts = backend.load_principals(load_principals_spec(file))
     if as_json:
-        _print_json(counts)
+        print_json(counts)
     else:
         out.print(f"loaded {counts['groups']} groups, {counts['memberships']} memberships")
 
@@ -279,7 +262,7 @@ def serve() -> None:
     try:
         _serve(Settings())
     except (ContextServerError, IndexingError) as exc:
-        _fail(str(exc), False)
+        fail(str(exc), False)
 
 
 @app.command()
@@ -296,9 +279,9 @@ def demo(
         with _progress(not as_json and sys.stderr.isatty()) as progress:
             report = run_demo(settings, directory, progress)
     except (ContextServerError, ConnectorError, IndexingError) as exc:
-        _fail(str(exc), as_json)
+        fail(str(exc), as_json)
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         from context_server.demo import print_try
 

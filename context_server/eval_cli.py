@@ -15,14 +15,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from connectors.errors import ConnectorError
+from context_server.console import err, fail, out, sync_status
 from context_server.errors import ContextServerError
 from context_server.settings import Settings
 from indexing.errors import IndexingError
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
     from context_server.runtime import Runtime
 
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval quality on benchmarks.")
-
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 class ModeChoice(StrEnum):
@@ -73,8 +70,7 @@ def _progress(enabled: bool) -> Iterator[_Reporters]:
                 tasks["ingest"] = bar.add_task(f"ingest {source}", total=None, status="")
             bar.update(
                 tasks["ingest"],
-                status=f"seen {r.documents_seen} · new/changed {r.upserted} · "
-                f"unchanged {r.unchanged} · failed {r.failed} · chunks {r.chunks_embedded}",
+                status=sync_status(r),
             )
 
         def query(done: int, total: int) -> None:
@@ -83,14 +79,6 @@ def _progress(enabled: bool) -> Iterator[_Reporters]:
             bar.update(tasks["queries"], completed=done, status=f"{done}/{total}")
 
         yield _Reporters(sync, query)
-
-
-def _fail(message: str, as_json: bool) -> NoReturn:
-    if as_json:
-        print(json.dumps({"error": message}))
-    else:
-        err.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(1)
 
 
 def _open_runtime(home: Path) -> Runtime:
@@ -158,9 +146,9 @@ def beir(
                 on_query=reporters.query,
             )
     except (ContextServerError, ConnectorError, IndexingError) as exc:
-        _fail(str(exc), as_json)
+        fail(str(exc), as_json)
     except ValueError as exc:  # settings from the environment
-        _fail(f"bad setting: {exc}", as_json)
+        fail(f"bad setting: {exc}", as_json)
     if report.failed_documents:
         hint = f" (CONTEXT_SERVER_HOME={kept} context-server sources failures beir)" if kept else ""
         err.print(
