@@ -129,6 +129,7 @@ class Runtime:
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self._embedder = embedder
         self._index = index
+        self._index_checked = False
         self.pipeline_options = pipeline_options or PipelineOptions(
             max_document_bytes=settings.max_document_bytes,
             chunk_tokens=settings.chunk_tokens,
@@ -161,9 +162,14 @@ class Runtime:
                 )
             return self._index
 
-    def open_index(self) -> None:
-        """Open (and own) the vector index now rather than on first use."""
-        self.index.ensure(self.embedder.identity)
+    def open_index(self) -> VectorIndex:
+        """The index, opened (and owned) and checked against the embedder once per process:
+        ``ensure`` reads files or makes server round trips, too costly for every query."""
+        index = self.index
+        if not self._index_checked:
+            index.ensure(self.embedder.identity)
+            self._index_checked = True
+        return index
 
     @property
     def directory(self) -> Directory:
@@ -178,6 +184,7 @@ class Runtime:
         if self._index is not None:
             self._index.close()
             self._index = None
+            self._index_checked = False
         self.engine.dispose()
 
     # -- sources --------------------------------------------------------------------------
@@ -374,10 +381,10 @@ class Runtime:
             principals=self.principals_for(principal),
             sources=frozenset(sources) if sources else None,
         )
-        self.index.ensure(self.embedder.identity)
+        index = self.open_index()
         vector = self.embedder.embed([query])[0].tolist() if mode != "keyword" else None
         sparse = self.keywords.query(query) if mode != "dense" else None
-        hits = self.index.search(vector, access, k, sparse=sparse)
+        hits = index.search(vector, access, k, sparse=sparse)
         return [
             SearchResult(
                 document_id=h.payload.document_id,

@@ -189,7 +189,7 @@ class _Crashed:
     error: BaseException
 
 
-_Item = _Prepared | _AclOnly | _Deleted | _Failed | _Done | _Crashed | None
+_Item = _Prepared | _AclOnly | _Deleted | _Failed | _Done | _Crashed
 
 ProgressFn = Callable[[SyncReport], None]
 

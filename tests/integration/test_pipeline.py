@@ -347,3 +347,17 @@ def test_keyword_search_finds_exact_terms(runtime: Runtime) -> None:
 
     with pytest.raises(SpecError, match="mode"):
         runtime.search("trains", "user:carol", mode="fuzzy")  # type: ignore[arg-type]
+
+
+def test_the_index_is_checked_once_not_on_every_query(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime.sync("drive")
+    runtime.search("office", "user:carol")
+    index = runtime.index
+    calls: list[object] = []
+    real = index.ensure
+    monkeypatch.setattr(index, "ensure", lambda identity: calls.append(identity) or real(identity))
+    for _ in range(3):
+        assert runtime.search("office", "user:carol")
+    assert calls == []
