@@ -72,6 +72,9 @@ class ChunkPayload:
     section: str | None = None
     acl_allow: tuple[str, ...] = ()
     acl_deny: tuple[str, ...] = ()
+    #: When the document last changed at its source (POSIX seconds; when the source gives
+    #: no time, when we indexed it). ``None`` in indexes from before freshness filters.
+    updated_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,13 +87,25 @@ class IndexPoint:
 
 @dataclass(frozen=True)
 class AccessFilter:
-    """The caller's resolved principals, and optionally the sources it may draw from."""
+    """What a search may see: the caller's resolved principals, optionally the sources it
+    may draw from, a second principal set that must *also* be granted (an agent reading
+    only what both it and its user may read), and a freshness limit."""
 
     principals: frozenset[str]
     sources: frozenset[str] | None = None
+    also: frozenset[str] | None = None
+    #: Only documents updated at or after this POSIX time (points recording no time pass).
+    updated_after: float | None = None
 
     def tokens(self) -> list[str]:
         return sorted(self.principals | {PUBLIC})
+
+    def also_tokens(self) -> list[str] | None:
+        return None if self.also is None else sorted(self.also | {PUBLIC})
+
+    def deny_tokens(self) -> list[str]:
+        """A deny entry naming any principal of either set excludes the point."""
+        return sorted(self.principals | (self.also or frozenset()) | {PUBLIC})
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,8 @@ class VectorIndex(Protocol):
 #: Payload fields that get a keyword index, created before any point is loaded: Qdrant
 #: builds filter-aware HNSW links only for fields indexed when the graph is built.
 KEYWORD_FIELDS = ("acl_allow", "acl_deny", "source", "document_id")
+#: Payload fields that get a float (range) index.
+FLOAT_FIELDS = ("updated_at",)
 
 #: The query planner. Filtered HNSW loses results at ACL selectivities of a few percent
 #: (recall@10 fell to 0.10 at 100k, see platform notes), while an exact scan over the
@@ -186,6 +203,10 @@ def payload_from_dict(data: Mapping[str, object]) -> ChunkPayload:
         value = data.get(key)
         return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
 
+    def number(key: str) -> float | None:
+        value = data.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
     return ChunkPayload(
         document_id=text("document_id"),
         source=text("source"),
@@ -200,6 +221,7 @@ def payload_from_dict(data: Mapping[str, object]) -> ChunkPayload:
         section=optional("section"),
         acl_allow=tokens("acl_allow"),
         acl_deny=tokens("acl_deny"),
+        updated_at=number("updated_at"),
     )
 
 

@@ -430,8 +430,10 @@ class Pipeline:
             return
         vectors = self.embedder.embed([t for p in batch for t in p.texts])
         row = 0
+        now = time.time()
         for prepared in batch:
             doc = prepared.document
+            updated_at = doc.updated_at.timestamp() if doc.updated_at else now
             points = []
             for chunk, keywords in zip(prepared.chunks, prepared.keywords, strict=True):
                 points.append(
@@ -453,6 +455,7 @@ class Pipeline:
                             section=chunk.section,
                             acl_allow=tuple(doc.acl.allow_tokens()),
                             acl_deny=doc.acl.deny,
+                            updated_at=updated_at,
                         ),
                     )
                 )

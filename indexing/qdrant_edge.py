@@ -37,6 +37,7 @@ from indexing.errors import (
     IndexLockedError,
 )
 from indexing.index import (
+    FLOAT_FIELDS,
     HNSW_EF,
     HYBRID_DEPTH,
     KEYWORD_FIELDS,
@@ -312,11 +313,11 @@ class EdgeVectorIndex:
     def _create_missing_field_indexes(self, shard: qe.EdgeShard) -> None:
         with self._engine_errors():
             existing = shard.info().payload_schema
-            for name in KEYWORD_FIELDS:
+            wanted = [(n, qe.PayloadSchemaType.Keyword) for n in KEYWORD_FIELDS]
+            wanted += [(n, qe.PayloadSchemaType.Float) for n in FLOAT_FIELDS]
+            for name, schema in wanted:
                 if name not in existing:
-                    shard.update(
-                        qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword)
-                    )
+                    shard.update(qe.UpdateOperation.create_field_index(name, schema))
 
     def _read_identity(self) -> EmbedderIdentity | None:
         try:
@@ -373,12 +374,22 @@ def _document(document_id: str) -> qe.Filter:
 
 
 def _access(access: AccessFilter) -> qe.Filter:
-    """The ACL as a query filter: some allow token is held, no deny token is held."""
-    tokens = access.tokens()
-    must: list[qe.ConditionType] = [qe.FieldCondition("acl_allow", match=qe.MatchAny(tokens))]
+    """The ACL as a query filter: some allow token is held (by both principal sets when
+    there are two), no deny token is held; then the source and freshness limits."""
+    must: list[qe.ConditionType] = [
+        qe.FieldCondition("acl_allow", match=qe.MatchAny(access.tokens()))
+    ]
+    also = access.also_tokens()
+    if also is not None:
+        must.append(qe.FieldCondition("acl_allow", match=qe.MatchAny(also)))
     if access.sources is not None:
         must.append(qe.FieldCondition("source", match=qe.MatchAny(sorted(access.sources))))
-    must_not: list[qe.ConditionType] = [qe.FieldCondition("acl_deny", match=qe.MatchAny(tokens))]
+    if access.updated_after is not None:
+        fresh = qe.FieldCondition("updated_at", range=qe.RangeFloat(gte=access.updated_after))
+        must.append(qe.Filter(should=[fresh, qe.IsEmptyCondition("updated_at")]))
+    must_not: list[qe.ConditionType] = [
+        qe.FieldCondition("acl_deny", match=qe.MatchAny(access.deny_tokens()))
+    ]
     return qe.Filter(must=must, must_not=must_not)
 
 

@@ -31,6 +31,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from indexing.errors import EmbedderMismatchError, IndexingError, IndexUnavailableError
 from indexing.index import (
+    FLOAT_FIELDS,
     HNSW_EF,
     HYBRID_DEPTH,
     KEYWORD_FIELDS,
@@ -284,13 +285,12 @@ class QdrantServerIndex:
             return
         with self._errors():
             existing = self._client.get_collection(self._collection).payload_schema
-            for name in KEYWORD_FIELDS:
+            wanted = [(n, m.PayloadSchemaType.KEYWORD) for n in KEYWORD_FIELDS]
+            wanted += [(n, m.PayloadSchemaType.FLOAT) for n in FLOAT_FIELDS]
+            for name, schema in wanted:
                 if name not in existing:
                     self._client.create_payload_index(
-                        self._collection,
-                        field_name=name,
-                        field_schema=m.PayloadSchemaType.KEYWORD,
-                        wait=True,
+                        self._collection, field_name=name, field_schema=schema, wait=True
                     )
 
     @contextlib.contextmanager
@@ -336,12 +336,23 @@ def _document(document_id: str) -> m.Filter:
 
 
 def _access(access: AccessFilter) -> m.Filter:
-    """The ACL as a query filter: some allow token is held, no deny token is held."""
-    tokens = access.tokens()
-    must: list[m.Condition] = [m.FieldCondition(key="acl_allow", match=m.MatchAny(any=tokens))]
+    """The ACL as a query filter: some allow token is held (by both principal sets when
+    there are two), no deny token is held; then the source and freshness limits."""
+    must: list[m.Condition] = [
+        m.FieldCondition(key="acl_allow", match=m.MatchAny(any=access.tokens()))
+    ]
+    also = access.also_tokens()
+    if also is not None:
+        must.append(m.FieldCondition(key="acl_allow", match=m.MatchAny(any=also)))
     if access.sources is not None:
         must.append(m.FieldCondition(key="source", match=m.MatchAny(any=sorted(access.sources))))
-    must_not: list[m.Condition] = [m.FieldCondition(key="acl_deny", match=m.MatchAny(any=tokens))]
+    if access.updated_after is not None:
+        fresh = m.FieldCondition(key="updated_at", range=m.Range(gte=access.updated_after))
+        empty = m.IsEmptyCondition(is_empty=m.PayloadField(key="updated_at"))
+        must.append(m.Filter(should=[fresh, empty]))
+    must_not: list[m.Condition] = [
+        m.FieldCondition(key="acl_deny", match=m.MatchAny(any=access.deny_tokens()))
+    ]
     return m.Filter(must=must, must_not=must_not)
 
 

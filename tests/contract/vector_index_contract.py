@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from dataclasses import replace
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -349,6 +350,50 @@ class VectorIndexContract:
         }
         assert index.search(unit(0), everyone(sources=frozenset()), 10) == []
         assert index.count(everyone(sources=frozenset())) == 0
+
+    def test_a_second_principal_set_must_also_be_granted(
+        self, index: VectorIndex, acl_points: dict[str, IndexPoint]
+    ) -> None:
+        # An agent reading for a user in intersection mode: both must be granted, and a
+        # deny naming either one excludes the point.
+        both = AccessFilter(
+            principals=frozenset({"user:carl", "group:eng"}), also=frozenset({"user:ann"})
+        )
+        assert self._names(acl_points, visible_ids(index, both)) == {
+            "public",
+            "public-not-eve",
+            "hr-source",
+        }
+        agent = AccessFilter(principals=frozenset({"group:eng"}), also=frozenset({"group:eng"}))
+        assert self._names(acl_points, visible_ids(index, agent)) == {
+            "public",
+            "public-not-eve",
+            "hr-source",
+            "eng",
+            "eng-not-bob",
+        }
+        denied = AccessFilter(principals=frozenset({"group:eng"}), also=frozenset({"user:bob"}))
+        assert "eng-not-bob" not in self._names(acl_points, visible_ids(index, denied))
+        eve = AccessFilter(principals=frozenset({"user:ann"}), also=frozenset({"user:eve"}))
+        assert self._names(acl_points, visible_ids(index, eve)) == {"public", "hr-source"}
+        assert index.count(eve) == 2
+
+    def test_freshness_limit_is_inside_the_query(self, index: VectorIndex) -> None:
+        old = replace(payload("old"), updated_at=1_000.0)
+        new = replace(payload("new"), updated_at=2_000.0)
+        unknown = payload("unknown")  # from before freshness was recorded: not excluded
+        points = [point(unit(0), old), point(between(0, 1, 0.5), new), point(unit(1), unknown)]
+        index.upsert(points)
+        fresh = AccessFilter(principals=frozenset(), updated_after=1_500.0)
+        assert {h.payload.document_id for h in index.search(unit(0), fresh, 1)} == {"new"}
+        assert {h.payload.document_id for h in index.search(unit(0), fresh, 10)} == {
+            "new",
+            "unknown",
+        }
+        assert index.count(fresh) == 2
+        hits = index.search(None, fresh, 10, sparse=KEYWORDS.query("text"))
+        assert {h.payload.document_id for h in hits} <= {"new", "unknown"}
+        assert [h.payload.updated_at for h in index.search(unit(0), fresh, 1)] == [2_000.0]
 
     def test_search_never_returns_more_than_the_filter_admits(
         self, index: VectorIndex, acl_points: dict[str, IndexPoint]
