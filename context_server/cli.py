@@ -20,8 +20,24 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from connectors.errors import ConnectorError
-from context_server.client import Backend, ServerInfo, connect, running_server, write_server_file
-from context_server.console import err, fail, out, print_json, sync_status
+from context_server.client import ServerInfo, running_server, write_server_file
+from context_server.console import (
+    JsonOpt,
+    backend_session,
+    err,
+    fail,
+    out,
+    print_json,
+    sync_status,
+)
+from context_server.context_cli import (
+    agents_app,
+    audit_app,
+    bundles_app,
+    context,
+    documents_app,
+    keys_app,
+)
 from context_server.errors import ContextServerError
 from context_server.eval_cli import eval_app
 from context_server.runtime import SEARCH_MODES
@@ -36,27 +52,15 @@ principals_app = typer.Typer(no_args_is_help=True, help="Users, groups and membe
 app.add_typer(sources_app, name="sources")
 app.add_typer(principals_app, name="principals")
 app.add_typer(eval_app, name="eval")
+app.add_typer(agents_app, name="agents")
+app.add_typer(keys_app, name="keys")
+app.add_typer(bundles_app, name="bundles")
+app.add_typer(documents_app, name="documents")
+app.add_typer(audit_app, name="audit")
+app.command()(context)
 
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
-
-
-@contextmanager
-def _backend(as_json: bool) -> Iterator[Backend]:
-    """Connect, and turn every domain error into a clear message and exit status 1."""
-    backend: Backend | None = None
-    try:
-        backend = connect(Settings())
-        yield backend
-    except (ContextServerError, ConnectorError, IndexingError) as exc:
-        fail(str(exc), as_json)
-    except ValueError as exc:  # settings from the environment
-        fail(f"bad setting: {exc}", as_json)
-    finally:
-        if backend is not None:
-            backend.close()
 
 
 # -- sources -------------------------------------------------------------------------------
@@ -67,7 +71,7 @@ def sources_add(
     file: Annotated[Path, typer.Argument(help="A source YAML file.")], as_json: JsonOpt = False
 ) -> None:
     """Add a source (or replace the one of the same name) from a YAML file."""
-    with _backend(as_json) as backend:
+    with backend_session(as_json) as backend:
         spec = load_source_spec(file)
         info = backend.add_source(spec, file.resolve().parent)
     if as_json:
@@ -79,7 +83,7 @@ def sources_add(
 @sources_app.command("list")
 def sources_list(as_json: JsonOpt = False) -> None:
     """List sources with document counts and their last sync."""
-    with _backend(as_json) as backend:
+    with backend_session(as_json) as backend:
         sources = backend.list_sources()
     if as_json:
         print_json({"sources": sources})
@@ -106,7 +110,7 @@ def sources_failures(
     as_json: JsonOpt = False,
 ) -> None:
     """Documents the source's last sync could not ingest, and why."""
-    with _backend(as_json) as backend:
+    with backend_session(as_json) as backend:
         failures = [f for f in backend.failures(name) if reason in (None, f["reason"])]
     if as_json:
         print_json({"source": name, "failures": failures})
@@ -158,7 +162,7 @@ def sync(
 
     Exits 0 when the sync completed, even if some documents failed (they are listed).
     """
-    with _backend(as_json) as backend, _progress(not as_json and sys.stderr.isatty()) as p:
+    with backend_session(as_json) as backend, _progress(not as_json and sys.stderr.isatty()) as p:
         runs = backend.sync(name, p)
     if as_json:
         print_json(runs[0] if name is not None and len(runs) == 1 else {"runs": runs})
@@ -199,7 +203,7 @@ def search(
     """Search as a principal: only chunks its ACLs grant are considered."""
     if mode not in SEARCH_MODES:
         fail(f"unknown mode {mode!r}; choose {', '.join(SEARCH_MODES)}", as_json)
-    with _backend(as_json) as backend:
+    with backend_session(as_json) as backend:
         results = backend.search(query, as_, k, mode)
     if as_json:
         print_json({"results": results})
@@ -221,7 +225,7 @@ def principals_load(
     file: Annotated[Path, typer.Argument(help="A principals YAML file.")], as_json: JsonOpt = False
 ) -> None:
     """Replace group memberships with the file's (groups may contain groups)."""
-    with _backend(as_json) as backend:
+    with backend_session(as_json) as backend:
         counts = backend.load_principals(load_principals_spec(file))
     if as_json:
         print_json(counts)

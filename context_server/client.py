@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from urllib.parse import quote
 
 import httpx
 
 from connectors import registry
+from context_server.audit import parse_time
 from context_server.errors import ServerError
+from context_server.keys import ADMIN, KeyKind
+from context_server.routing import ContextFilters, ContextRouter
 from context_server.runtime import Runtime, SearchMode
 from context_server.settings import Settings
 from context_server.specs import PrincipalsSpec, SourceSpec, resolve_paths
@@ -76,6 +79,24 @@ class Backend(Protocol):
         self, query: str, principal: str, k: int, mode: SearchMode
     ) -> list[dict[str, Any]]: ...
     def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]: ...
+    def context(
+        self,
+        agent: str,
+        on_behalf_of: str,
+        query: str,
+        budget_tokens: int | None,
+        sources: list[str] | None,
+    ) -> dict[str, Any]: ...
+    def bundle(self, bundle_id: str) -> dict[str, Any]: ...
+    def check_bundle(self, bundle_id: str) -> dict[str, Any]: ...
+    def document(
+        self, document_id: str, agent: str | None, on_behalf_of: str | None
+    ) -> dict[str, Any]: ...
+    def list_agents(self) -> dict[str, Any]: ...
+    def create_key(self, kind: KeyKind, subject: str, label: str) -> dict[str, Any]: ...
+    def list_keys(self) -> list[dict[str, Any]]: ...
+    def revoke_key(self, key_id: str) -> dict[str, Any]: ...
+    def audit_export(self, since: str | None, until: str | None) -> Iterator[dict[str, Any]]: ...
     def close(self) -> None: ...
 
 
@@ -84,6 +105,7 @@ class LocalBackend:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.router = ContextRouter(runtime)
 
     def add_source(self, spec: SourceSpec, base_dir: Path) -> dict[str, Any]:
         return self.runtime.add_source(spec, base_dir).to_json()
@@ -103,6 +125,45 @@ class LocalBackend:
     def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]:
         return self.runtime.load_principals(spec)
 
+    def context(
+        self,
+        agent: str,
+        on_behalf_of: str,
+        query: str,
+        budget_tokens: int | None,
+        sources: list[str] | None,
+    ) -> dict[str, Any]:
+        filters = ContextFilters(sources=tuple(sources)) if sources else None
+        return self.router.route(ADMIN, agent, on_behalf_of, query, budget_tokens, filters)
+
+    def bundle(self, bundle_id: str) -> dict[str, Any]:
+        return self.router.bundle(ADMIN, bundle_id)
+
+    def check_bundle(self, bundle_id: str) -> dict[str, Any]:
+        return self.router.check(ADMIN, bundle_id)
+
+    def document(
+        self, document_id: str, agent: str | None, on_behalf_of: str | None
+    ) -> dict[str, Any]:
+        return self.router.document(ADMIN, document_id, agent, on_behalf_of)
+
+    def list_agents(self) -> dict[str, Any]:
+        return self.runtime.list_agents()
+
+    def create_key(self, kind: KeyKind, subject: str, label: str) -> dict[str, Any]:
+        return self.runtime.create_key(kind, subject, label)
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return self.runtime.list_keys()
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return self.runtime.revoke_key(key_id)
+
+    def audit_export(self, since: str | None, until: str | None) -> Iterator[dict[str, Any]]:
+        start = parse_time(since) if since else None
+        end = parse_time(until) if until else None
+        yield from self.runtime.audit_export(start, end)
+
     def close(self) -> None:
         self.runtime.close()
 
@@ -119,20 +180,28 @@ class RemoteBackend:
             transport=transport,
         )
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
+    ) -> Any:
         try:
-            response = self.http.request(method, path, json=body)
+            response = self.http.request(method, path, json=body, params=params)
         except httpx.HTTPError as exc:
-            raise ServerError(
-                f"the server at {self.info.url} (pid {self.info.pid}) does not answer: {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         if response.is_error:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ServerError(f"server refused ({response.status_code}): {detail}")
+            self._raise(response)
         return response.json()
+
+    def _unreachable(self, exc: Exception) -> ServerError:
+        return ServerError(
+            f"the server at {self.info.url} (pid {self.info.pid}) does not answer: {exc}"
+        )
+
+    def _raise(self, response: httpx.Response) -> NoReturn:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ServerError(f"server refused ({response.status_code}): {detail}")
 
     def add_source(self, spec: SourceSpec, base_dir: Path) -> dict[str, Any]:
         config = dict(spec.config)
@@ -157,6 +226,59 @@ class RemoteBackend:
     def load_principals(self, spec: PrincipalsSpec) -> dict[str, int]:
         result: dict[str, int] = self._call("PUT", "/v1/principals", spec.model_dump())
         return result
+
+    def context(
+        self,
+        agent: str,
+        on_behalf_of: str,
+        query: str,
+        budget_tokens: int | None,
+        sources: list[str] | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent": agent, "on_behalf_of": on_behalf_of, "query": query}
+        if budget_tokens is not None:
+            body["budget_tokens"] = budget_tokens
+        if sources:
+            body["filters"] = {"sources": sources}
+        return dict(self._call("POST", "/v1/context", body))
+
+    def bundle(self, bundle_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/bundles/{quote(bundle_id)}"))
+
+    def check_bundle(self, bundle_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/v1/bundles/{quote(bundle_id)}/check"))
+
+    def document(
+        self, document_id: str, agent: str | None, on_behalf_of: str | None
+    ) -> dict[str, Any]:
+        params = {k: v for k, v in (("agent", agent), ("on_behalf_of", on_behalf_of)) if v}
+        path = f"/v1/documents/{quote(document_id)}"
+        return dict(self._call("GET", path, params=params))
+
+    def list_agents(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/agents"))
+
+    def create_key(self, kind: KeyKind, subject: str, label: str) -> dict[str, Any]:
+        return dict(self._call("POST", "/v1/keys", {kind: subject, "label": label}))
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/keys")["keys"])
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/v1/keys/{quote(key_id)}"))
+
+    def audit_export(self, since: str | None, until: str | None) -> Iterator[dict[str, Any]]:
+        params = {k: v for k, v in (("since", since), ("until", until)) if v}
+        try:
+            with self.http.stream("GET", "/v1/audit", params=params) as response:
+                if response.is_error:
+                    response.read()
+                    self._raise(response)
+                for line in response.iter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
 
     def close(self) -> None:
         self.http.close()

@@ -6,13 +6,22 @@ Human output goes to stdout, progress and errors to stderr, so ``--json`` output
 from __future__ import annotations
 
 import json
-from typing import Any, NoReturn
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from connectors.errors import ConnectorError
+from context_server.client import Backend, connect
+from context_server.errors import ContextServerError
+from context_server.settings import Settings
+from indexing.errors import IndexingError
 from indexing.pipeline import SyncReport
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -37,3 +46,20 @@ def sync_status(r: SyncReport) -> str:
         f"seen {r.documents_seen} · new/changed {r.upserted} · unchanged {r.unchanged} · "
         f"deleted {r.deleted} · failed {r.failed} · chunks {r.chunks_embedded}"
     )
+
+
+@contextmanager
+def backend_session(as_json: bool) -> Iterator[Backend]:
+    """Connect (through a running `serve`, else in-process), and turn every domain error
+    into a clear message and exit status 1."""
+    backend: Backend | None = None
+    try:
+        backend = connect(Settings())
+        yield backend
+    except (ContextServerError, ConnectorError, IndexingError) as exc:
+        fail(str(exc), as_json)
+    except ValueError as exc:  # settings from the environment
+        fail(f"bad setting: {exc}", as_json)
+    finally:
+        if backend is not None:
+            backend.close()

@@ -4,6 +4,7 @@
     ├── SpecError          a YAML file (source, principals) is malformed or invalid
     ├── NotFoundError      a named thing (source) does not exist
     ├── ConflictError      the operation collides with one in progress
+    ├── ForbiddenError     the caller is known but may not do this (agent, user, source)
     └── ServerError        talking to a running `serve` failed
 
 Connector errors (connectors.errors) and indexing errors (indexing.errors) cross this layer
@@ -24,6 +25,10 @@ class NotFoundError(ContextServerError):
 
 
 class ConflictError(ContextServerError):
+    pass
+
+
+class ForbiddenError(ContextServerError):
     pass
 
 

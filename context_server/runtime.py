@@ -8,7 +8,7 @@ opened on first use and owned by this process until ``close()``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import registry
 from connectors.base import Checkpoint
+from context_server import audit, keys
+from context_server.agents import AgentCatalog
 from context_server.errors import ConflictError, NotFoundError, SpecError
+from context_server.keys import Caller, KeyKind
 from context_server.settings import Settings
 from context_server.specs import PrincipalsSpec, SourceSpec, resolve_paths
 from context_server.store.db import make_engine, migrate, session_factory
@@ -35,10 +38,10 @@ from context_server.store.models import (
 from context_server.store.sync_store import SqlSyncStore
 from indexing.embed import Embedder, MiniLMEmbedder
 from indexing.errors import IndexingError
-from indexing.index import AccessFilter, VectorIndex, open_index
+from indexing.index import AccessFilter, Hit, VectorIndex, open_index
 from indexing.keyword import KeywordEncoder
 from indexing.pipeline import Pipeline, PipelineOptions, SyncReport
-from policies.access import Directory
+from policies.access import Directory, PolicyFile, PolicyFileError, read_policy_file
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,8 @@ class Runtime:
             chunk_overlap_tokens=settings.chunk_overlap_tokens,
         )
         self._directory: Directory | None = None
+        self._directory_stamp: tuple[int, int] | None = None
+        self.agents = AgentCatalog(settings.agents_path)
         self.keywords = KeywordEncoder()
         self._lock = threading.Lock()
         self._syncing: set[str] = set()
@@ -173,12 +178,42 @@ class Runtime:
 
     @property
     def directory(self) -> Directory:
+        """Group memberships from the store plus the policy file, rebuilt when either
+        changes (principals loaded; the policy file edited)."""
+        stamp = self._policy_stamp()
         with self._lock:
-            if self._directory is None:
+            if self._directory is None or stamp != self._directory_stamp:
+                policy = self._read_policy() if stamp is not None else None
                 with self.sessions() as session:
                     rows = session.execute(select(GroupMembership.member, GroupMembership.group))
-                    self._directory = Directory((m, g) for m, g in rows)
+                    memberships = [(m, g) for m, g in rows]
+                if policy is not None:
+                    memberships += policy.memberships
+                self._directory = Directory(
+                    memberships, rules=policy.rules if policy is not None else None
+                )
+                self._directory_stamp = stamp
             return self._directory
+
+    def _policy_stamp(self) -> tuple[int, int] | None:
+        path = self.settings.policy_path
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            if self.settings.policy_file is not None:
+                raise SpecError(
+                    f"the policy file {path} (CONTEXT_SERVER_POLICY_FILE) does not exist"
+                ) from None
+            return None
+        except OSError as exc:
+            raise SpecError(f"cannot read the policy file {path}: {exc}") from exc
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def _read_policy(self) -> PolicyFile:
+        try:
+            return read_policy_file(self.settings.policy_path)
+        except PolicyFileError as exc:
+            raise SpecError(str(exc)) from exc
 
     def close(self) -> None:
         if self._index is not None:
@@ -381,10 +416,7 @@ class Runtime:
             principals=self.principals_for(principal),
             sources=frozenset(sources) if sources else None,
         )
-        index = self.open_index()
-        vector = self.embedder.embed([query])[0].tolist() if mode != "keyword" else None
-        sparse = self.keywords.query(query) if mode != "dense" else None
-        hits = index.search(vector, access, k, sparse=sparse)
+        hits = self.search_hits(query, access, k, mode)
         return [
             SearchResult(
                 document_id=h.payload.document_id,
@@ -399,6 +431,15 @@ class Runtime:
             )
             for h in hits
         ]
+
+    def search_hits(
+        self, query: str, access: AccessFilter, k: int, mode: SearchMode = "hybrid"
+    ) -> list[Hit]:
+        """The index's top ``k`` for ``query`` under ``access`` (inside the query)."""
+        index = self.open_index()
+        vector = self.embedder.embed([query])[0].tolist() if mode != "keyword" else None
+        sparse = self.keywords.query(query) if mode != "dense" else None
+        return index.search(vector, access, k, sparse=sparse)
 
     def failures(self, name: str) -> list[dict[str, str]]:
         """Failures of the source's last run."""
@@ -417,6 +458,43 @@ class Runtime:
             return [
                 {"external_id": f.external_id, "reason": f.reason, "detail": f.detail} for f in rows
             ]
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def create_key(self, kind: KeyKind, subject: str, label: str = "") -> dict[str, Any]:
+        """A new API key for an agent (which must be declared) or a user; shown once."""
+        if kind == "agent":
+            self.agents.get(subject)  # NotFoundError / SpecError for an unusable agent
+        with self.sessions() as session:
+            return keys.create_key(session, kind, subject, label)
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return keys.list_keys(session)
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        with self.sessions() as session:
+            return keys.revoke_key(session, key_id)
+
+    def authenticate(self, token: str) -> Caller | None:
+        with self.sessions() as session:
+            return keys.authenticate(session, token)
+
+    # -- agents and audit -----------------------------------------------------------------
+
+    def list_agents(self) -> dict[str, Any]:
+        valid, invalid = self.agents.scan()
+        return {
+            "directory": str(self.agents.directory),
+            "agents": [a.to_json() for a in valid],
+            "invalid": [i.to_json() for i in invalid],
+        }
+
+    def audit_export(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[dict[str, object]]:
+        with self.sessions() as session:
+            yield from audit.export(session, since, until)
 
 
 def _missing(name: str) -> NotFoundError:

@@ -47,6 +47,17 @@ class Settings(BaseSettings):
         "torch-bf16 or torch-fp32.",
     )
     embed_batch_size: int = Field(default=64, ge=1, le=1024, description="Chunks per batch.")
+    agents_dir: Path | None = Field(
+        default=None,
+        description="Folder of agent YAML files (one agent each). Unset: `agents/` in the "
+        "data directory.",
+    )
+    policy_file: Path | None = Field(
+        default=None,
+        description="Casbin policy (CSV: `p, subject, object, action` and `g, member, group` "
+        "lines) narrowing what agent files allow. Unset: `policy.csv` in the data directory, "
+        "if it exists; without one, the agent files alone decide.",
+    )
 
     @field_validator("embed_backend")
     @classmethod
@@ -64,6 +75,14 @@ class Settings(BaseSettings):
     @property
     def index_path(self) -> Path:
         return self.home / "index"
+
+    @property
+    def agents_path(self) -> Path:
+        return self.agents_dir if self.agents_dir is not None else self.home / "agents"
+
+    @property
+    def policy_path(self) -> Path:
+        return self.policy_file if self.policy_file is not None else self.home / "policy.csv"
 
     @property
     def server_file(self) -> Path:

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 
 from connectors.errors import ConfigError, CredentialError, UnknownKindError
 from context_server import __version__
-from context_server.api.routes import public, v1
-from context_server.errors import ConflictError, NotFoundError, SpecError
+from context_server.api.routes import admin, public, v1
+from context_server.errors import ConflictError, ForbiddenError, NotFoundError, SpecError
 from context_server.runtime import Runtime
 from context_server.settings import Settings
 from indexing.errors import EmbedderMismatchError, IndexLockedError, IndexUnavailableError
@@ -20,6 +20,7 @@ from indexing.errors import EmbedderMismatchError, IndexLockedError, IndexUnavai
 # The only place HTTP statuses meet domain errors.
 STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (NotFoundError, 404),
+    (ForbiddenError, 403),
     (ConflictError, 409),
     (EmbedderMismatchError, 409),
     (SpecError, 422),
@@ -57,6 +58,7 @@ def create_app(
         app.state.runtime = runtime
     app.include_router(public)
     app.include_router(v1)
+    app.include_router(admin)
 
     for error, status in STATUS_BY_ERROR:
 

@@ -1,4 +1,4 @@
-"""Request dependencies as ``Annotated`` aliases."""
+"""Request dependencies as ``Annotated`` aliases: the runtime, the router, the caller."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from context_server.keys import ADMIN, Caller
+from context_server.routing import ContextRouter
 from context_server.runtime import Runtime
 
 _bearer = HTTPBearer(auto_error=False)
@@ -18,19 +20,46 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-def require_admin(
+def get_router(request: Request) -> ContextRouter:
+    return ContextRouter(get_runtime(request))
+
+
+def get_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """The admin token `serve` writes into the data dir (readable only by its owner)."""
-    expected: str = request.app.state.admin_token
-    if credentials is None or not secrets.compare_digest(credentials.credentials, expected):
+) -> Caller:
+    """The admin token `serve` writes into the data dir, or an API key."""
+    if credentials is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong bearer token",
+            "missing bearer key: send `Authorization: Bearer <key>` "
+            "(create one with `context-server keys create`)",
             headers={"WWW-Authenticate": "Bearer"},
+        )
+    token = credentials.credentials
+    if secrets.compare_digest(token.encode(), request.app.state.admin_token.encode()):
+        return ADMIN
+    caller = get_runtime(request).authenticate(token)
+    if caller is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "unknown or revoked key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def require_admin(caller: CallerDep) -> None:
+    if caller.kind != "admin":
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"this route is for the server's admin token; {caller.label}'s key may not use it",
         )
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+RouterDep = Annotated[ContextRouter, Depends(get_router)]
 AdminDep = Depends(require_admin)

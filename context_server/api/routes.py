@@ -1,18 +1,26 @@
-"""Routes of the foundation API: health, sources, sync, principals, search."""
+"""Routes: health, the context API (any key), and administration (the admin token)."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, Literal
 
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from context_server.api.deps import AdminDep, RuntimeDep
+from context_server.agents import MAX_BUDGET_TOKENS
+from context_server.api.deps import AdminDep, CallerDep, RouterDep, RuntimeDep
+from context_server.audit import parse_time
+from context_server.routing import ContextFilters
 from context_server.runtime import SearchMode
 from context_server.specs import PrincipalsSpec, SourceSpec
 
 public = APIRouter()
-v1 = APIRouter(prefix="/v1", dependencies=[AdminDep])
+v1 = APIRouter(prefix="/v1", dependencies=[])  # every route takes a caller (a key)
+admin = APIRouter(prefix="/v1", dependencies=[AdminDep])
 
 
 @public.get("/healthz")
@@ -20,18 +28,80 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# -- context (agent and user keys) ----------------------------------------------------------
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sources: list[str] | None = Field(
+        default=None, description="Narrow to these of the agent's sources."
+    )
+    updated_after: datetime | None = Field(
+        default=None, description="Only documents updated at or after this time."
+    )
+
+
+class ContextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent: str = Field(description="The declared agent whose profile routes the request.")
+    on_behalf_of: str = Field(description="The user the agent acts for, e.g. user:alice.")
+    query: str = Field(min_length=1)
+    budget_tokens: int | None = Field(default=None, ge=1, le=MAX_BUDGET_TOKENS)
+    filters: Filters | None = None
+
+
+@v1.post("/context")
+def context(body: ContextRequest, caller: CallerDep, router: RouterDep) -> dict[str, Any]:
+    """Cited items for one agent run, packed into the token budget, stored as a bundle."""
+    filters = None
+    if body.filters is not None:
+        sources = tuple(body.filters.sources) if body.filters.sources is not None else None
+        filters = ContextFilters(sources=sources, updated_after=body.filters.updated_after)
+    return router.route(
+        caller, body.agent, body.on_behalf_of, body.query, body.budget_tokens, filters
+    )
+
+
+@v1.get("/bundles/{bundle_id}")
+def get_bundle(bundle_id: str, caller: CallerDep, router: RouterDep) -> dict[str, Any]:
+    """A stored bundle: the items and versions served, principals, profile version."""
+    return router.bundle(caller, bundle_id)
+
+
+@v1.get("/bundles/{bundle_id}/check")
+def check_bundle(bundle_id: str, caller: CallerDep, router: RouterDep) -> dict[str, Any]:
+    """Per item: unchanged, changed, deleted, or access_revoked since it was served."""
+    return router.check(caller, bundle_id)
+
+
+@v1.get("/documents/{document_id}")
+def get_document(
+    document_id: str,
+    caller: CallerDep,
+    router: RouterDep,
+    agent: str | None = None,
+    on_behalf_of: str | None = None,
+) -> dict[str, Any]:
+    """A document and its chunks, scoped like context: 404 when not readable."""
+    return router.document(caller, document_id, agent, on_behalf_of)
+
+
 @v1.get("/sources")
-def list_sources(runtime: RuntimeDep) -> dict[str, Any]:
+def list_sources(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+    """Each source's status: documents, chunks, last sync with its counts."""
     return {"sources": [s.to_json() for s in runtime.list_sources()]}
 
 
-@v1.post("/sources")
+# -- administration (the admin token) ---------------------------------------------------
+
+
+@admin.post("/sources")
 def add_source(spec: SourceSpec, runtime: RuntimeDep) -> dict[str, Any]:
     """Relative paths in ``config`` are not resolved here: send absolute ones."""
     return runtime.add_source(spec).to_json()
 
 
-@v1.get("/sources/{name}/failures")
+@admin.get("/sources/{name}/failures")
 def source_failures(name: str, runtime: RuntimeDep) -> dict[str, Any]:
     """Documents the source's last sync could not ingest, with reasons."""
     return {"source": name, "failures": runtime.failures(name)}
@@ -42,17 +112,17 @@ class SyncRequest(BaseModel):
     source: str | None = Field(default=None, description="One source; all when omitted.")
 
 
-@v1.post("/sync")
+@admin.post("/sync")
 def sync(body: SyncRequest, runtime: RuntimeDep) -> dict[str, Any]:
     return {"runs": [r.to_json() for r in runtime.sync(body.source)]}
 
 
-@v1.put("/principals")
+@admin.put("/principals")
 def load_principals(spec: PrincipalsSpec, runtime: RuntimeDep) -> dict[str, int]:
     return runtime.load_principals(spec)
 
 
-@v1.get("/principals/{principal}")
+@admin.get("/principals/{principal}")
 def principal_closure(principal: str, runtime: RuntimeDep) -> dict[str, Any]:
     return {"principal": principal, "principals": sorted(runtime.principals_for(principal))}
 
@@ -66,7 +136,62 @@ class SearchRequest(BaseModel):
     mode: SearchMode = Field(default="hybrid", description="dense, keyword or hybrid.")
 
 
-@v1.post("/search")
+@admin.post("/search")
 def search(body: SearchRequest, runtime: RuntimeDep) -> dict[str, Any]:
     results = runtime.search(body.query, body.as_, body.k, body.sources, body.mode)
     return {"results": [r.to_json() for r in results]}
+
+
+@admin.get("/agents")
+def list_agents(runtime: RuntimeDep) -> dict[str, Any]:
+    """Declared agents with their versions, and files that do not validate."""
+    return runtime.list_agents()
+
+
+class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent: str | None = Field(default=None, description="The agent the key acts as.")
+    user: str | None = Field(default=None, description="The user the key acts for.")
+    label: str = Field(default="", max_length=255)
+
+    @model_validator(mode="after")
+    def _one(self) -> KeyRequest:
+        if (self.agent is None) == (self.user is None):
+            raise ValueError("give exactly one of agent or user")
+        return self
+
+
+@admin.post("/keys")
+def create_key(body: KeyRequest, runtime: RuntimeDep) -> dict[str, Any]:
+    """The response is the only time the key is shown."""
+    kind: Literal["agent", "user"] = "agent" if body.agent is not None else "user"
+    subject = body.agent if body.agent is not None else body.user
+    assert subject is not None
+    return runtime.create_key(kind, subject, body.label)
+
+
+@admin.get("/keys")
+def list_keys(runtime: RuntimeDep) -> dict[str, Any]:
+    return {"keys": runtime.list_keys()}
+
+
+@admin.delete("/keys/{key_id}")
+def revoke_key(key_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    return runtime.revoke_key(key_id)
+
+
+@admin.get("/audit")
+def audit_export(
+    runtime: RuntimeDep,
+    since: str | None = Query(default=None, description="ISO time, or a duration like 7d."),
+    until: str | None = Query(default=None, description="ISO time, or a duration like 1h."),
+) -> StreamingResponse:
+    """Audit events as JSON lines, oldest first."""
+    start = parse_time(since) if since else None
+    end = parse_time(until) if until else None
+
+    def lines() -> Iterator[str]:
+        for event in runtime.audit_export(start, end):
+            yield json.dumps(event) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

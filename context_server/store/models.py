@@ -33,6 +33,7 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: DateTime(timezone=True),
         dict[str, Any]: JsonType,
+        list[str]: JsonType,
     }
 
 
@@ -152,3 +153,100 @@ class GroupMembership(Base):
     member: Mapped[str] = mapped_column(
         ForeignKey("principals.name", ondelete="CASCADE"), primary_key=True
     )
+
+
+class ApiKey(Base):
+    """A bearer key. Only the SHA-256 of its secret is stored; the key is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public part of the key
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(10))  # agent | user
+    subject: Mapped[str] = mapped_column(String(255))  # the agent's name, or user:<name>
+    label: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class AgentVersion(Base):
+    """Every agent profile version ever served from, by content hash: bundles point here."""
+
+    __tablename__ = "agent_versions"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    spec: Mapped[dict[str, Any]]
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Bundle(Base):
+    """The context served for one request, exactly as served: the provenance record."""
+
+    __tablename__ = "bundles"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    agent: Mapped[str] = mapped_column(String(100), index=True)
+    agent_version: Mapped[str] = mapped_column(ForeignKey("agent_versions.version"))
+    on_behalf_of: Mapped[str | None] = mapped_column(String(255))
+    acting_as: Mapped[str] = mapped_column(String(20))
+    # The resolved principal sets the search ran with ("user" and, in intersection or
+    # as_agent mode, "agent").
+    principals: Mapped[dict[str, Any]]
+    sources: Mapped[list[str]]  # the sources the search could reach
+    query: Mapped[str] = mapped_column(Text)
+    budget_tokens: Mapped[int]
+    used_tokens: Mapped[int]
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    items: Mapped[list[BundleItem]] = relationship(
+        back_populates="bundle", cascade="all, delete-orphan", order_by="BundleItem.rank"
+    )
+
+
+class BundleItem(Base):
+    __tablename__ = "bundle_items"
+
+    bundle_id: Mapped[str] = mapped_column(
+        ForeignKey("bundles.id", ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(primary_key=True)
+    # No foreign keys to documents/chunks: the record outlives what it cites.
+    document_id: Mapped[str] = mapped_column(String(36))
+    chunk_id: Mapped[str] = mapped_column(String(36))
+    source: Mapped[str] = mapped_column(String(100))
+    title: Mapped[str] = mapped_column(String(1024))
+    section: Mapped[str | None] = mapped_column(String(1024))
+    url: Mapped[str | None] = mapped_column(String(2048))
+    version: Mapped[int]
+    content_hash: Mapped[str] = mapped_column(String(128))
+    document_updated_at: Mapped[datetime | None]
+    acl: Mapped[dict[str, Any]]  # the document's ACL when it was served
+    score: Mapped[float]
+    tokens: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+
+    bundle: Mapped[Bundle] = relationship(back_populates="items")
+
+
+class AuditEvent(Base):
+    """One request for context or a document, allowed or refused. Append-only: the
+    migration installs triggers that refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    action: Mapped[str] = mapped_column(String(30))  # context | document | bundle | bundle_check
+    outcome: Mapped[str] = mapped_column(String(20))  # allowed | denied | error
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    caller: Mapped[str] = mapped_column(String(255))  # admin, agent:<name>, user:<name>
+    agent: Mapped[str | None] = mapped_column(String(100))
+    on_behalf_of: Mapped[str | None] = mapped_column(String(255))
+    query: Mapped[str | None] = mapped_column(Text)
+    document_ids: Mapped[list[str]]  # what was returned
+    bundle_id: Mapped[str | None] = mapped_column(String(36))
+    detail: Mapped[str] = mapped_column(Text, default="")
