@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from context_server.agents import load_agent_file
 from context_server.client import ProgressFn, connect
 from context_server.errors import SpecError
 from context_server.settings import Settings
@@ -22,6 +23,7 @@ def run_demo(settings: Settings, directory: Path, progress: ProgressFn | None) -
     sources = sorted((directory / "sources").glob("*.yaml"))
     if not principals.exists() or not sources:
         raise SpecError(f"{directory} is not a demo organization (principals.yaml, sources/)")
+    agents = install_agents(directory / "agents", settings.agents_path)
     backend = connect(settings)
     try:
         counts = backend.load_principals(load_principals_spec(principals))
@@ -30,7 +32,19 @@ def run_demo(settings: Settings, directory: Path, progress: ProgressFn | None) -
         runs = backend.sync(None, progress)
     finally:
         backend.close()
-    return {"principals": counts, "runs": runs}
+    return {"principals": counts, "agents": agents, "runs": runs}
+
+
+def install_agents(source: Path, target: Path) -> list[str]:
+    """Copy the demo's agent files into the agents directory (replacing same-named ones,
+    which keeps the demo reproducible); other files there are left alone."""
+    names = []
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.yaml")):
+        load_agent_file(path)  # a broken demo agent is a bug: fail loudly
+        shutil.copyfile(path, target / path.name)
+        names.append(path.stem)
+    return names
 
 
 def questions(directory: Path) -> list[dict[str, Any]]:
@@ -61,6 +75,15 @@ def print_try(console: Console, settings: Settings, directory: Path, serving: bo
         console.print(f"  [cyan]{escape(line)}[/cyan]")
         if q.get("why"):
             console.print(f"      [dim]{escape(str(q['why']))}[/dim]")
+    console.print("\n  Context for an agent run, cited and packed into its token budget:\n")
+    for line in (
+        f"{command} context 'What is the 2027 marketing budget?' "
+        "--agent finance-assistant --on-behalf-of user:alice",
+        f"{command} context 'What is the 2027 marketing budget?' "
+        "--agent finance-assistant --on-behalf-of user:dana",
+        f"{command} keys create --agent helpdesk   # then POST /v1/context with the key",
+    ):
+        console.print(f"  [cyan]{escape(line)}[/cyan]")
     console.print(
         f"\n  Data dir: {settings.home.resolve()}  ·  "
         f"add --json to any command for machine-readable output"

@@ -159,3 +159,109 @@ def test_commands_go_through_a_running_server(
     # with the server gone, the CLI opens the index itself again
     out = cli(env, "search", "office opens", "--as", "user:carol", "--json").stdout
     assert json.loads(out)["results"][0]["title"] == "welcome.md"
+
+
+AGENT = """\
+name: helpdesk
+description: Answers staff questions
+sources: [drive]
+acting_as: on_behalf_of
+serves: ["group:everyone"]
+budget_tokens: 500
+"""
+
+
+@pytest.mark.model
+def test_agents_keys_context_bundles_and_audit_through_a_server(
+    env: dict[str, str], org: Path, server: subprocess.Popen[str]
+) -> None:
+    agents = Path(env["CONTEXT_SERVER_HOME"]) / "agents"
+    agents.mkdir()
+    (agents / "helpdesk.yaml").write_text(AGENT)
+    listed = json.loads(cli(env, "agents", "list", "--json").stdout)
+    assert [a["name"] for a in listed["agents"]] == ["helpdesk"] and listed["invalid"] == []
+    cli(env, "principals", "load", str(org / "principals.yaml"))
+    cli(env, "sources", "add", str(org / "drive.yaml"))
+    cli(env, "sync")
+
+    created = json.loads(cli(env, "keys", "create", "--agent", "helpdesk", "--json").stdout)
+    key = created["key"]
+    # the key works against the server's HTTP API directly, as an agent would use it
+    url = f"http://127.0.0.1:{env['CONTEXT_SERVER_PORT']}"
+    body = {"agent": "helpdesk", "on_behalf_of": "user:alice", "query": "marketing budget"}
+    r = httpx.post(f"{url}/v1/context", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["items"][0]["citation"]["title"] == "budget.md"
+    r = httpx.post(
+        f"{url}/v1/context",
+        json={**body, "on_behalf_of": "user:stranger"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 403
+
+    out = cli(
+        env,
+        "context",
+        "marketing budget",
+        "--agent",
+        "helpdesk",
+        "--on-behalf-of",
+        "user:carol",
+        "--json",
+    ).stdout
+    bundle = json.loads(out)
+    assert all(i["citation"]["title"] != "budget.md" for i in bundle["items"])
+    assert bundle["used_tokens"] <= 500
+    shown = json.loads(cli(env, "bundles", "show", bundle["bundle_id"], "--json").stdout)
+    assert shown["principals"]["user"] == ["group:everyone", "user:carol"]
+    check = json.loads(cli(env, "bundles", "check", bundle["bundle_id"], "--json").stdout)
+    assert check["stale"] is False
+    doc_id = bundle["items"][0]["citation"]["document_id"]
+    doc = json.loads(
+        cli(
+            env,
+            "documents",
+            "show",
+            doc_id,
+            "--agent",
+            "helpdesk",
+            "--on-behalf-of",
+            "user:carol",
+            "--json",
+        ).stdout
+    )
+    assert doc["document_id"] == doc_id and doc["chunks"]
+
+    keys = json.loads(cli(env, "keys", "list", "--json").stdout)["keys"]
+    assert [k["id"] for k in keys] == [created["id"]] and "key" not in keys[0]
+    cli(env, "keys", "revoke", created["id"])
+    r = httpx.post(f"{url}/v1/context", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 401
+
+    lines = cli(env, "audit", "export", "--since", "1h").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [(e["action"], e["outcome"], e["caller"]) for e in events] == [
+        ("context", "allowed", "agent:helpdesk"),
+        ("context", "denied", "agent:helpdesk"),
+        ("context", "allowed", "admin"),
+        ("document", "allowed", "admin"),
+    ]
+
+
+def test_agent_files_are_validated_with_clear_errors(env: dict[str, str], tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(AGENT)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: Bad Name\nsources: []\nacting_as: sometimes\nmax_age: forever\n")
+    proc = cli(env, "agents", "validate", str(good), str(bad), "--json", check=False)
+    assert proc.returncode == 1
+    files = json.loads(proc.stdout)["files"]
+    assert files[0] == {"path": str(good), "valid": True, "name": "helpdesk"}
+    error = files[1]["error"]
+    for field in ("name", "sources", "acting_as", "max_age"):
+        assert field in error
+    assert cli(env, "agents", "validate", str(good)).returncode == 0
+    schema = json.loads(cli(env, "agents", "schema").stdout)
+    assert "acting_as" in schema["properties"]
+    proc = cli(env, "keys", "create", "--json", check=False)
+    assert proc.returncode == 1 and "exactly one" in json.loads(proc.stdout)["error"]
