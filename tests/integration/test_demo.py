@@ -73,3 +73,33 @@ def test_nobody_outside_an_acl_ever_gets_its_chunks(demo: tuple[Runtime, dict[st
         held = runtime.principals_for(user)
         for r in runtime.search("plans numbers people policy", user, k=100):
             assert Acl.model_validate(acls[r.document_id]).grants(held), (user, r.title)
+
+
+def test_demo_agents_route_context_by_their_acting_mode(
+    demo: tuple[Runtime, dict[str, Any]],
+) -> None:
+    from context_server.errors import ForbiddenError
+    from context_server.keys import ADMIN
+    from context_server.routing import ContextRouter
+
+    runtime, report = demo
+    assert report["agents"] == ["finance-assistant", "helpdesk", "onboarding-buddy"]
+    router = ContextRouter(runtime)
+    budget = document_id("drive", "finance/budget-2027.xlsx")
+    query = "What is the 2027 marketing budget?"
+
+    def documents(agent: str, user: str) -> set[str]:
+        bundle = router.route(ADMIN, agent, user, query)
+        assert bundle["used_tokens"] <= bundle["budget_tokens"]
+        return {i["citation"]["document_id"] for i in bundle["items"]}
+
+    # intersection: alice (finance) gets the budget; dana (leadership, not finance) does not,
+    # although the agent serves leadership.
+    assert budget in documents("finance-assistant", "user:alice")
+    assert budget not in documents("finance-assistant", "user:dana")
+    # on_behalf_of: carol (engineering) does not read finance
+    assert budget not in documents("helpdesk", "user:carol")
+    # as_agent: the agent's own group:everyone, so no finance for alice either
+    assert budget not in documents("onboarding-buddy", "user:alice")
+    with pytest.raises(ForbiddenError, match="does not serve user:grace"):
+        router.route(ADMIN, "helpdesk", "user:grace", query)
