@@ -243,7 +243,7 @@ class ContextRouter:
             raise SpecError(f"budget_tokens must be between 1 and {MAX_BUDGET_TOKENS}")
         try:
             scope = self.scope(caller, agent_name, on_behalf_of, filters)
-        except ForbiddenError as exc:
+        except (ForbiddenError, NotFoundError, SpecError) as exc:
             self._audit_refusal(caller, "context", agent_name, on_behalf_of, query, exc)
             raise
         budget = budget_tokens or scope.agent.spec.budget_tokens
@@ -471,7 +471,7 @@ class ContextRouter:
                 raise SpecError("on_behalf_of is required to read through an agent")
             try:
                 scope = self.scope(caller, agent_name, on_behalf_of)
-            except ForbiddenError as exc:
+            except (ForbiddenError, NotFoundError, SpecError) as exc:
                 self._audit_refusal(caller, "document", agent_name, on_behalf_of, None, exc)
                 raise
             readable, sources = scope.can_read, set(scope.sources)
@@ -549,7 +549,8 @@ class ContextRouter:
             session.add(
                 AuditEvent(
                     action=action,
-                    outcome="denied",
+                    # refused by the rules, or not a valid request (unknown agent, ...)
+                    outcome="denied" if isinstance(exc, ForbiddenError) else "invalid",
                     key_id=caller.key_id,
                     caller=caller.label,
                     agent=agent,

@@ -465,6 +465,7 @@ def test_every_context_request_is_audited_and_the_log_is_append_only(org: Org) -
     key = org.key(agent="helpdesk")
     ok = org.context(key, agent="helpdesk", on_behalf_of="user:alice", query="budget").json()
     org.context(key, agent="finance-bot", on_behalf_of="user:alice", query="payroll")
+    org.context(key, agent="ghost", on_behalf_of="user:alice", query="payroll")
     r = org.client.get("/v1/audit", params={"since": "1h"}, headers=ADMIN)
     assert r.headers["content-type"].startswith("application/x-ndjson")
     events = [yaml.safe_load(line) for line in r.text.splitlines()]
@@ -472,6 +473,7 @@ def test_every_context_request_is_audited_and_the_log_is_append_only(org: Org) -
     assert [(e["outcome"], e["agent"]) for e in context] == [
         ("allowed", "helpdesk"),
         ("denied", "finance-bot"),
+        ("invalid", "ghost"),
     ]
     allowed = context[0]
     assert allowed["bundle_id"] == ok["bundle_id"]
