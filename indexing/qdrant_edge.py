@@ -38,7 +38,10 @@ from indexing.errors import (
 )
 from indexing.index import (
     FLOAT_FIELDS,
-    HNSW_EF,
+    HNSW_EF_CONSTRUCT,
+    HNSW_LINKED_FIELDS,
+    HNSW_M,
+    HNSW_PAYLOAD_M,
     HYBRID_DEPTH,
     KEYWORD_FIELDS,
     KEYWORD_VECTOR,
@@ -48,12 +51,13 @@ from indexing.index import (
     Hit,
     IndexPoint,
     SparseVector,
+    hnsw_full_scan_threshold_kb,
     identity_from_dict,
     identity_to_dict,
     mismatch_message,
     payload_from_dict,
     payload_to_dict,
-    use_exact_search,
+    plan_search,
 )
 
 # Points per update operation: big enough to amortise the call, small enough that one
@@ -123,6 +127,12 @@ class EdgeVectorIndex:
         config = qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=identity.dim, distance=qe.Distance.Cosine),
             sparse_vectors={KEYWORD_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            hnsw_config=qe.HnswIndexConfig(
+                m=HNSW_M,
+                ef_construct=HNSW_EF_CONSTRUCT,
+                full_scan_threshold=hnsw_full_scan_threshold_kb(identity.dim),
+                payload_m=HNSW_PAYLOAD_M,
+            ),
         )
         with self._engine_errors():
             shard = qe.EdgeShard.create(str(self._shard_path), config)
@@ -180,15 +190,13 @@ class EdgeVectorIndex:
         if limit <= 0 or access.sources == frozenset():
             return []
         acl = _access(access)
+        # Estimates, not exact counts: an exact count of an ACL filter costs as much as
+        # the exact scan it would decide on (see the planner in indexing/index.py).
         with self._engine_errors():
-            cardinality = shard.count(qe.CountRequest(exact=True, filter=acl))
-        if cardinality == 0:
-            return []
-        params = (
-            qe.SearchParams(exact=True)
-            if use_exact_search(cardinality)
-            else qe.SearchParams(hnsw_ef=max(HNSW_EF, limit))
-        )
+            admitted = shard.count(qe.CountRequest(exact=False, filter=acl))
+            total = shard.count(qe.CountRequest(exact=False))
+        plan = plan_search(admitted, total, limit)
+        params = qe.SearchParams(exact=plan.exact, hnsw_ef=plan.hnsw_ef)
         dense = None if vector is None else qe.Query.Nearest([float(x) for x in vector])
         keyword = (
             None if sparse is None else qe.Query.Nearest(_sparse(sparse), using=KEYWORD_VECTOR)
@@ -313,8 +321,14 @@ class EdgeVectorIndex:
     def _create_missing_field_indexes(self, shard: qe.EdgeShard) -> None:
         with self._engine_errors():
             existing = shard.info().payload_schema
-            wanted = [(n, qe.PayloadSchemaType.Keyword) for n in KEYWORD_FIELDS]
-            wanted += [(n, qe.PayloadSchemaType.Float) for n in FLOAT_FIELDS]
+            # Filter-aware HNSW links only for the ACL tokens (HNSW_LINKED_FIELDS).
+            wanted: list[tuple[str, qe.PayloadSchemaParams]] = [
+                (n, qe.KeywordIndexParams(enable_hnsw=n in HNSW_LINKED_FIELDS))
+                for n in KEYWORD_FIELDS
+            ]
+            wanted += [
+                (n, qe.FloatIndexParams(enable_hnsw=n in HNSW_LINKED_FIELDS)) for n in FLOAT_FIELDS
+            ]
             for name, schema in wanted:
                 if name not in existing:
                     shard.update(qe.UpdateOperation.create_field_index(name, schema))

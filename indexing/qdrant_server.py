@@ -32,7 +32,10 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from indexing.errors import EmbedderMismatchError, IndexingError, IndexUnavailableError
 from indexing.index import (
     FLOAT_FIELDS,
-    HNSW_EF,
+    HNSW_EF_CONSTRUCT,
+    HNSW_LINKED_FIELDS,
+    HNSW_M,
+    HNSW_PAYLOAD_M,
     HYBRID_DEPTH,
     KEYWORD_FIELDS,
     KEYWORD_VECTOR,
@@ -42,12 +45,13 @@ from indexing.index import (
     Hit,
     IndexPoint,
     SparseVector,
+    hnsw_full_scan_threshold_kb,
     identity_from_dict,
     identity_to_dict,
     mismatch_message,
     payload_from_dict,
     payload_to_dict,
-    use_exact_search,
+    plan_search,
 )
 
 # Points per upsert request: keeps a request body to a few MB at 384 dimensions.
@@ -110,6 +114,13 @@ class QdrantServerIndex:
                         sparse_vectors_config={
                             KEYWORD_VECTOR: m.SparseVectorParams(modifier=m.Modifier.IDF)
                         },
+                        # The embedded index's graph, so both make the same trade-offs.
+                        hnsw_config=m.HnswConfigDiff(
+                            m=HNSW_M,
+                            ef_construct=HNSW_EF_CONSTRUCT,
+                            full_scan_threshold=hnsw_full_scan_threshold_kb(identity.dim),
+                            payload_m=HNSW_PAYLOAD_M,
+                        ),
                         metadata={_METADATA_KEY: identity_to_dict(identity)},
                     )
             except _Conflict:
@@ -169,17 +180,13 @@ class QdrantServerIndex:
         acl = _access(access)
         params: m.SearchParams | None = None
         if not self._local:
+            # Estimates, as in the embedded index: an exact count of an ACL filter costs
+            # as much as the exact scan it would decide on.
             with self._errors():
-                cardinality = self._client.count(
-                    self._collection, count_filter=acl, exact=True
-                ).count
-            if cardinality == 0:
-                return []
-            params = (
-                m.SearchParams(exact=True)
-                if use_exact_search(cardinality)
-                else m.SearchParams(hnsw_ef=max(HNSW_EF, limit))
-            )
+                admitted = self._client.count(self._collection, count_filter=acl, exact=False).count
+                total = self._client.count(self._collection, exact=False).count
+            plan = plan_search(admitted, total, limit)
+            params = m.SearchParams(exact=plan.exact, hnsw_ef=plan.hnsw_ef)
         dense = None if vector is None else [float(x) for x in vector]
         keyword = None if sparse is None else _sparse(sparse)
         with self._errors():
@@ -285,8 +292,25 @@ class QdrantServerIndex:
             return
         with self._errors():
             existing = self._client.get_collection(self._collection).payload_schema
-            wanted = [(n, m.PayloadSchemaType.KEYWORD) for n in KEYWORD_FIELDS]
-            wanted += [(n, m.PayloadSchemaType.FLOAT) for n in FLOAT_FIELDS]
+            # Filter-aware HNSW links only for the ACL tokens (HNSW_LINKED_FIELDS).
+            wanted: list[tuple[str, m.PayloadSchemaParams]] = [
+                (
+                    n,
+                    m.KeywordIndexParams(
+                        type=m.KeywordIndexType.KEYWORD, enable_hnsw=n in HNSW_LINKED_FIELDS
+                    ),
+                )
+                for n in KEYWORD_FIELDS
+            ]
+            wanted += [
+                (
+                    n,
+                    m.FloatIndexParams(
+                        type=m.FloatIndexType.FLOAT, enable_hnsw=n in HNSW_LINKED_FIELDS
+                    ),
+                )
+                for n in FLOAT_FIELDS
+            ]
             for name, schema in wanted:
                 if name not in existing:
                     self._client.create_payload_index(

@@ -4,21 +4,36 @@ unreachable server) surface as our errors with messages a user can act on."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import qdrant_edge as qe
 from qdrant_client import QdrantClient
+from qdrant_client.models import HnswConfigDiff
 
 from connectors.base import PUBLIC, Acl
 from indexing.errors import IndexingError, IndexLockedError, IndexUnavailableError
-from indexing.index import KEYWORD_FIELDS, AccessFilter, IndexPoint, VectorIndex, open_index
+from indexing.index import (
+    EXACT_SEARCH_MAX_POINTS,
+    HNSW_EF,
+    HNSW_LINKED_FIELDS,
+    HNSW_PAYLOAD_M,
+    KEYWORD_FIELDS,
+    AccessFilter,
+    IndexPoint,
+    SearchPlan,
+    VectorIndex,
+    open_index,
+    plan_search,
+)
 from indexing.qdrant_edge import EdgeVectorIndex
 from indexing.qdrant_server import QdrantServerIndex
 from tests.contract.vector_index_contract import (
@@ -319,7 +334,10 @@ def test_edge_hnsw_branch_of_the_planner_filters_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small indexes always take the exact branch; force the other one.
-    monkeypatch.setattr("indexing.qdrant_edge.use_exact_search", lambda cardinality: False)
+    monkeypatch.setattr(
+        "indexing.qdrant_edge.plan_search",
+        lambda admitted, total, limit: SearchPlan(exact=False, hnsw_ef=max(16, limit)),
+    )
     points, acls, vectors = _random_scenario(300, seed=5)
     with EdgeVectorIndex(tmp_path / "index") as idx:
         idx.ensure(IDENTITY)
@@ -334,6 +352,101 @@ def test_edge_hnsw_branch_of_the_planner_filters_too(
                 p.id for p, a in zip(points, acls, strict=True) if a.grants(access.principals)
             }
             assert len(got) == len(want)
+
+
+# --- the planner ----------------------------------------------------------------------------
+
+
+def test_the_planner_scans_small_filters_and_widens_ef_for_sparse_ones() -> None:
+    limit = EXACT_SEARCH_MAX_POINTS
+    assert plan_search(0, 1_000_000, 10) == SearchPlan(exact=True)
+    assert plan_search(limit, 1_000_000, 10) == SearchPlan(exact=True)
+    sparse = plan_search(limit + 1, 1_000_000, 10)
+    dense = plan_search(900_000, 1_000_000, 10)
+    assert not sparse.exact and not dense.exact
+    assert sparse.hnsw_ef is not None and dense.hnsw_ef is not None
+    assert sparse.hnsw_ef >= dense.hnsw_ef >= HNSW_EF
+    # ef never below the number of results asked for.
+    assert plan_search(900_000, 1_000_000, 5000).hnsw_ef == 5000
+
+
+def _clustered_scenario(n: int, seed: int) -> tuple[list[IndexPoint], list[Acl], np.ndarray]:
+    """Clustered vectors; each point readable by one of 20 groups, correlated with its
+    cluster, so a filter's admitted points are a minority near most queries."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, DIM))
+    cluster = rng.integers(0, 40, n)
+    vectors = centres[cluster] + 0.35 * rng.standard_normal((n, DIM))
+    group = np.where(rng.random(n) < 0.7, cluster % 20, rng.integers(0, 20, n))
+    points, acls = [], []
+    for i in range(n):
+        acl = Acl.of([f"group:g{group[i]}"])
+        acls.append(acl)
+        points.append(point(vectors[i].tolist(), payload(f"doc-{i}", allow=acl.allow_tokens())))
+    return points, acls, vectors
+
+
+def test_a_selective_filter_over_an_optimized_index_returns_the_exact_top_k(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The 1M-point situation in miniature: a threshold low enough that filters admitting
+    # 1-5 % of 4000 points plan HNSW, over a graph with per-group links.
+    monkeypatch.setattr("indexing.index.EXACT_SEARCH_MAX_POINTS", 30)
+    monkeypatch.setattr("indexing.index.HNSW_LINKED_MIN_POINTS", 20)
+    plans: list[SearchPlan] = []
+
+    def spy(admitted: int, total: int, limit: int) -> SearchPlan:
+        plans.append(plan_search(admitted, total, limit))
+        return plans[-1]
+
+    monkeypatch.setattr("indexing.qdrant_edge.plan_search", spy)
+    points, acls, vectors = _clustered_scenario(4000, seed=3)
+    queries = np.random.default_rng(4).standard_normal((10, DIM)) * 2
+    with EdgeVectorIndex(tmp_path / "index") as idx:
+        idx.ensure(IDENTITY)
+        idx.upsert(points)
+        idx.optimize()
+        for groups in (["group:g1"], ["group:g2", "group:g3"], [f"group:g{i}" for i in range(10)]):
+            access = AccessFilter(principals=frozenset(groups))
+            for q in queries:
+                want = _reference(points, acls, vectors, q, access, limit=10)
+                got = idx.search(q.tolist(), access, 10)
+                assert [h.id for h in got] == [i for i, _ in want], groups
+    assert plans and all(not p.exact for p in plans)
+
+
+def test_edge_and_server_build_the_same_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both create their HNSW graph with the planner's settings (local mode ignores them,
+    so the server's are checked as sent) and filter-aware links for the ACL only."""
+    with EdgeVectorIndex(tmp_path / "index") as idx:
+        idx.ensure(IDENTITY)
+    edge = json.loads((tmp_path / "index" / "shard" / "edge_config.json").read_text())
+    client = QdrantClient(":memory:")
+    sent: dict[str, object] = {}
+    create = client.create_collection
+
+    def spy(*args: Any, **kwargs: Any) -> bool:
+        sent.update(kwargs)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(client, "create_collection", spy)
+    QdrantServerIndex(client).ensure(IDENTITY)
+    client.close()
+    hnsw = sent["hnsw_config"]
+    assert isinstance(hnsw, HnswConfigDiff)
+    sent_hnsw = {k: v for k, v in hnsw.model_dump().items() if v is not None}
+    assert set(sent_hnsw) >= {"m", "ef_construct", "full_scan_threshold", "payload_m"}
+    assert sent_hnsw.items() <= edge["hnsw_config"].items()
+    assert sent_hnsw["payload_m"] == HNSW_PAYLOAD_M
+    raw = qe.EdgeShard.load(str(tmp_path / "index" / "shard"))
+    try:
+        schema = raw.info().payload_schema
+    finally:
+        raw.close()
+    linked = {name for name, info in schema.items() if getattr(info.params, "enable_hnsw", None)}
+    assert linked == set(HNSW_LINKED_FIELDS)
 
 
 # --- server: reachability -----------------------------------------------------------------

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import replace
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
