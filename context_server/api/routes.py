@@ -13,6 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from context_server.agents import MAX_BUDGET_TOKENS
 from context_server.api.deps import AdminDep, CallerDep, RouterDep, RuntimeDep
+from context_server.api.schemas import (
+    BundleResponse,
+    CheckResponse,
+    ContextResponse,
+    CreatedKey,
+    DocumentResponse,
+    KeyInfo,
+    KeyList,
+)
 from context_server.audit import parse_time
 from context_server.routing import ContextFilters
 from context_server.runtime import SearchMode
@@ -50,7 +59,7 @@ class ContextRequest(BaseModel):
     filters: Filters | None = None
 
 
-@v1.post("/context")
+@v1.post("/context", response_model=ContextResponse)
 def context(body: ContextRequest, caller: CallerDep, router: RouterDep) -> dict[str, Any]:
     """Cited items for one agent run, packed into the token budget, stored as a bundle."""
     filters = None
@@ -62,19 +71,19 @@ def context(body: ContextRequest, caller: CallerDep, router: RouterDep) -> dict[
     )
 
 
-@v1.get("/bundles/{bundle_id}")
+@v1.get("/bundles/{bundle_id}", response_model=BundleResponse)
 def get_bundle(bundle_id: str, caller: CallerDep, router: RouterDep) -> dict[str, Any]:
     """A stored bundle: the items and versions served, principals, profile version."""
     return router.bundle(caller, bundle_id)
 
 
-@v1.get("/bundles/{bundle_id}/check")
+@v1.get("/bundles/{bundle_id}/check", response_model=CheckResponse)
 def check_bundle(bundle_id: str, caller: CallerDep, router: RouterDep) -> dict[str, Any]:
     """Per item: unchanged, changed, deleted, or access_revoked since it was served."""
     return router.check(caller, bundle_id)
 
 
-@v1.get("/documents/{document_id}")
+@v1.get("/documents/{document_id}", response_model=DocumentResponse)
 def get_document(
     document_id: str,
     caller: CallerDep,
@@ -161,7 +170,7 @@ class KeyRequest(BaseModel):
         return self
 
 
-@admin.post("/keys")
+@admin.post("/keys", response_model=CreatedKey)
 def create_key(body: KeyRequest, runtime: RuntimeDep) -> dict[str, Any]:
     """The response is the only time the key is shown."""
     kind: Literal["agent", "user"] = "agent" if body.agent is not None else "user"
@@ -170,12 +179,12 @@ def create_key(body: KeyRequest, runtime: RuntimeDep) -> dict[str, Any]:
     return runtime.create_key(kind, subject, body.label)
 
 
-@admin.get("/keys")
+@admin.get("/keys", response_model=KeyList)
 def list_keys(runtime: RuntimeDep) -> dict[str, Any]:
     return {"keys": runtime.list_keys()}
 
 
-@admin.delete("/keys/{key_id}")
+@admin.delete("/keys/{key_id}", response_model=KeyInfo)
 def revoke_key(key_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     return runtime.revoke_key(key_id)
 
