@@ -12,8 +12,8 @@
    freshness limit go *inside* the index query; nothing is filtered afterwards.
 3. **What fits.** Hybrid search returns candidates; each is checked against the store
    (the chunk still exists at that version), near-duplicates are dropped (word-shingle
-   Jaccard), and the rest are packed greedily by score into the token budget, counting
-   tokens with the embedding model's tokenizer.
+   Jaccard), and the rest are packed greedily by score into the token budget (each chunk's
+   tokens were counted by the embedding model's tokenizer when it was made).
 4. **What was served.** The bundle is stored with the exact items, document versions and
    ACLs, the principal sets, the agent file's version and the query; an audit event
    records the request. ``check`` later tells, per item, whether the document changed,
@@ -300,7 +300,8 @@ class ContextRouter:
                     hit=hit,
                     document=document,
                     chunk=chunk,
-                    tokens=self.runtime.embedder.count_tokens(chunk.text),
+                    # counted by the model's tokenizer when the chunk was made
+                    tokens=chunk.tokens,
                     shingles=shingles(chunk.text),
                 )
             )
