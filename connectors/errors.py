@@ -3,6 +3,7 @@
 ConnectorError
 ├── ConfigError        the source's configuration is wrong (bad path, bad rule)
 ├── CredentialError    the source refused our credentials
+├── SourceError        the source failed or answered with an error, after retries
 └── UnknownKindError   no connector is registered for a ``kind``
 """
 
@@ -16,6 +17,10 @@ class ConfigError(ConnectorError):
 
 
 class CredentialError(ConnectorError):
+    pass
+
+
+class SourceError(ConnectorError):
     pass
 
 
