@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -201,4 +201,16 @@ class Connector(Protocol[CheckpointT]):
 
     def list_ids(self) -> Iterator[DocRef]:
         """List every document the source has now, cheaply."""
+        ...
+
+
+@runtime_checkable
+class GroupSource(Protocol):
+    """A connector that also knows who is in which group (Confluence groups, Jira project
+    roles, GitHub teams, Google groups). After each completed sync the runtime replaces
+    that source's memberships with these; the principals file's memberships are kept."""
+
+    def memberships(self) -> Iterator[tuple[str, str]]:
+        """``(member, group)`` pairs as the source has them now, both principals
+        (``user:<name>`` or ``group:<name>``); groups may contain groups."""
         ...

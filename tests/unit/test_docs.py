@@ -23,9 +23,12 @@ def test_every_connector_and_option_is_documented() -> None:
     assert registry.kinds(), "no connector is registered (is the package installed?)"
     for kind in registry.kinds():
         assert f"`{kind}`" in guide, f"connector kind {kind} is undocumented"
+        page = REPO / "connectors" / kind / "README.md"
+        text = guide + (page.read_text() if page.exists() else "")
         model = registry.connector_class(kind).config_model
+        assert model.model_json_schema()["properties"], f"{kind} has no config schema"
         for option in model.model_fields:
-            assert f"`{option}`" in guide, f"{kind} option {option} is undocumented"
+            assert f"`{option}`" in text, f"{kind} option {option} is undocumented"
 
 
 def test_readme_shows_the_two_commands() -> None:
