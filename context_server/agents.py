@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,29 +32,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connectors.base import check_principal
+from context_server.durations import parse_duration
 from context_server.errors import NotFoundError, SpecError
 from context_server.specs import NAME_RE
 
 ActingAs = Literal["on_behalf_of", "as_agent", "intersection"]
 
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 #: The largest budget a request may ask for (about 100 pages of text).
 MAX_BUDGET_TOKENS = 100_000
-
-
-def parse_duration(text: str) -> timedelta:
-    """``"365d"``, ``"12h"``, ``"30m"``, ``"2w"``, ``"45s"`` as a ``timedelta``."""
-    match = _DURATION_RE.match(text)
-    if match is None:
-        raise ValueError(
-            f"bad duration {text!r}: a whole number and a unit s, m, h, d or w (e.g. 365d)"
-        )
-    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"bad duration {text!r}: must be positive")
-    return timedelta(seconds=seconds)
 
 
 class AgentSpec(BaseModel):

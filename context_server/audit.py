@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from context_server.agents import parse_duration
+from context_server.durations import parse_duration
 from context_server.errors import SpecError
 from context_server.store.models import AuditEvent
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +36,7 @@ from context_server.context_cli import (
     agents_app,
     audit_app,
     bundles_app,
+    connectors_app,
     context,
     documents_app,
     keys_app,
@@ -57,6 +60,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(bundles_app, name="bundles")
 app.add_typer(documents_app, name="documents")
 app.add_typer(audit_app, name="audit")
+app.add_typer(connectors_app, name="connectors")
 app.command()(context)
 
 
@@ -99,6 +103,30 @@ def sources_list(as_json: JsonOpt = False) -> None:
             str(s["chunks"]),
             f"{run.get('status', 'never')} {run.get('finished_at') or ''}",
             str(counts.get("failed", "")),
+        )
+    out.print(table)
+
+
+@sources_app.command("status")
+def sources_status(as_json: JsonOpt = False) -> None:
+    """Each source's last run, counts, failures and next scheduled run."""
+    with backend_session(as_json) as backend:
+        sources = backend.list_sources()
+    if as_json:
+        print_json({"sources": sources})
+        return
+    table = Table("name", "kind", "documents", "last run", "failed", "schedule", "next run")
+    for s in sources:
+        run = s["last_sync"] or {}
+        counts = run.get("counts") or {}
+        table.add_row(
+            s["name"],
+            s["kind"],
+            str(s["documents"]),
+            f"{run.get('status', 'never')} {(run.get('finished_at') or '')[:19]}",
+            str(counts.get("failed", "")),
+            s["schedule"] or "on demand",
+            (s["next_run"] or "")[:19],
         )
     out.print(table)
 
@@ -252,10 +280,67 @@ def _serve(settings: Settings) -> None:
         url = f"http://{settings.host}:{settings.port}"
         app_ = create_app(settings, runtime=runtime, admin_token=token)
         write_server_file(settings.server_file, ServerInfo(url=url, pid=os.getpid(), token=token))
+        # The server owns the index, so it also runs the source schedules.
+        stop = threading.Event()
+        scheduler = threading.Thread(
+            target=runtime.scheduler().loop, args=(stop,), name="scheduler", daemon=True
+        )
+        scheduler.start()
         try:
             uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
         finally:
+            stop.set()
             settings.server_file.unlink(missing_ok=True)
+    finally:
+        runtime.close()
+
+
+@app.command()
+def worker(
+    once: Annotated[
+        bool, typer.Option("--once", help="Sync what is due now, then exit (scripts, cron).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sync scheduled sources when they fall due, until interrupted (`serve` does this
+    itself: run a worker only when no server runs)."""
+    from context_server.runtime import Runtime
+
+    try:
+        settings = Settings()
+        info = running_server(settings)
+        if info is not None:
+            raise ContextServerError(
+                f"a server runs for {settings.home} (pid {info.pid}) and already syncs the "
+                "scheduled sources; stop it to run a separate worker"
+            )
+        runtime = Runtime(settings)
+    except (ContextServerError, IndexingError) as exc:
+        fail(str(exc), as_json)
+    except ValueError as exc:
+        fail(f"bad setting: {exc}", as_json)
+    try:
+        if once:
+            results = runtime.scheduler().run_due()
+            report = [
+                {"source": s, "status": "failed" if e else "completed", "error": e}
+                for s, e in results
+            ]
+            if as_json:
+                print_json({"runs": report})
+            else:
+                for r in report:
+                    out.print(f"{r['source']}: {r['status']} {r['error'] or ''}")
+                if not report:
+                    out.print("no source is due")
+            if any(r["error"] for r in report):
+                raise typer.Exit(1)
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        err.print("worker: syncing scheduled sources as they fall due (Ctrl-C to stop)")
+        with suppress(KeyboardInterrupt):
+            runtime.scheduler().loop(stop)
     finally:
         runtime.close()
 

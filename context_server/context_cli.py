@@ -278,3 +278,35 @@ def audit_export(
             print_json({"events": count, "path": str(output)})
         else:
             err.print(f"{count} events written to {output}")
+
+
+# -- connectors ----------------------------------------------------------------------------
+
+connectors_app = typer.Typer(no_args_is_help=True, help="Connector kinds.")
+
+
+@connectors_app.command("list")
+def connectors_list(as_json: JsonOpt = False) -> None:
+    """Every registered connector kind, with its config's JSON Schema."""
+    from connectors import registry
+    from connectors.errors import ConnectorError
+
+    kinds = []
+    for kind in registry.kinds():
+        try:
+            cls = registry.connector_class(kind)
+            schema = cls.config_model.model_json_schema()
+            kinds.append(
+                {"kind": kind, "config_schema": schema, "doc": (cls.__doc__ or "").strip()}
+            )
+        except (ConnectorError, ImportError, AttributeError) as exc:
+            kinds.append({"kind": kind, "error": f"cannot load: {exc}"})
+    if as_json:
+        print_json({"connectors": kinds})
+        return
+    for k in kinds:
+        if "error" in k:
+            err.print(f"[red]{k['kind']}[/red]: {escape(k['error'])}")
+            continue
+        options = ", ".join(k["config_schema"].get("properties", {}))
+        out.print(f"[bold]{k['kind']}[/bold]: {options}")

@@ -8,7 +8,7 @@ opened on first use and owned by this process until ``close()``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +18,12 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import registry
-from connectors.base import Checkpoint
+from connectors.base import Checkpoint, GroupSource, check_principal
 from context_server import audit, keys
 from context_server.agents import AgentCatalog
 from context_server.errors import ConflictError, NotFoundError, SpecError
 from context_server.keys import Caller, KeyKind
+from context_server.schedules import Due, Scheduler, next_run
 from context_server.settings import Settings
 from context_server.specs import PrincipalsSpec, SourceSpec, resolve_paths
 from context_server.store.db import make_engine, migrate, session_factory
@@ -51,6 +52,8 @@ class SourceInfo:
     documents: int
     chunks: int
     last_sync: dict[str, Any] | None
+    schedule: str | None = None
+    next_run: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +62,8 @@ class SourceInfo:
             "documents": self.documents,
             "chunks": self.chunks,
             "last_sync": self.last_sync,
+            "schedule": self.schedule,
+            "next_run": self.next_run.isoformat() if self.next_run else None,
         }
 
 
@@ -110,6 +115,9 @@ class SearchResult:
 
 
 ProgressFn = Callable[[str, SyncReport], None]
+
+#: The origin of memberships loaded from the principals file (vs ``source:<name>``).
+PRINCIPALS = "principals"
 
 SearchMode = Literal["dense", "keyword", "hybrid"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "keyword", "hybrid")
@@ -234,7 +242,13 @@ class Runtime:
         with self.sessions() as session:
             row = session.scalar(select(Source).where(Source.name == spec.name))
             if row is None:
-                row = Source(name=spec.name, kind=spec.kind, config=config, checkpoint=None)
+                row = Source(
+                    name=spec.name,
+                    kind=spec.kind,
+                    config=config,
+                    checkpoint=None,
+                    schedule=spec.schedule,
+                )
                 session.add(row)
             else:
                 if row.kind != spec.kind:
@@ -245,6 +259,7 @@ class Runtime:
                 if row.config != config:
                     row.config = config
                     row.checkpoint = None  # new config: the next sync lists everything again
+                row.schedule = spec.schedule
             session.commit()
         return self.source_info(spec.name)
 
@@ -279,6 +294,13 @@ class Runtime:
                     .order_by(SyncRun.id.desc())
                     .limit(1)
                 )
+                due = None
+                if source.schedule:
+                    due = next_run(
+                        source.schedule,
+                        _aware(run.started_at) if run else None,
+                        _aware(source.created_at),
+                    )
                 out.append(
                     SourceInfo(
                         name=source.name,
@@ -286,6 +308,8 @@ class Runtime:
                         documents=docs.get(source.id, 0),
                         chunks=chunks.get(source.id, 0),
                         last_sync=_run_json(run) if run else None,
+                        schedule=source.schedule,
+                        next_run=due,
                     )
                 )
             return out
@@ -367,8 +391,21 @@ class Runtime:
                 run.finished_at = datetime.now(UTC)
                 session.commit()
                 raise
+            counts = report.counts()
+            if isinstance(connector, GroupSource):
+                try:
+                    counts["memberships"] = self._replace_synced_memberships(
+                        session, name, connector.memberships()
+                    )
+                except Exception as exc:
+                    session.rollback()
+                    run.status = "failed"
+                    run.error = f"group sync: {type(exc).__name__}: {exc}"
+                    run.finished_at = datetime.now(UTC)
+                    session.commit()
+                    raise
             run.status = "completed"
-            run.counts = report.counts()
+            run.counts = counts
             run.finished_at = datetime.now(UTC)
             run.checkpoint = next_checkpoint.model_dump(mode="json")
             source.checkpoint = run.checkpoint
@@ -382,14 +419,32 @@ class Runtime:
         with self.sessions() as session:
             existing = set(session.scalars(select(Principal.name)))
             session.add_all(Principal(name=p) for p in sorted(spec.principals() - existing))
-            session.execute(delete(GroupMembership))
+            session.execute(delete(GroupMembership).where(GroupMembership.origin == PRINCIPALS))
             session.flush()
-            memberships = spec.memberships()
-            session.add_all(GroupMembership(member=m, group=g) for m, g in memberships)
+            memberships = sorted(set(spec.memberships()))
+            session.add_all(
+                GroupMembership(member=m, group=g, origin=PRINCIPALS) for m, g in memberships
+            )
             session.commit()
         with self._lock:
             self._directory = None
         return {"groups": len(spec.groups), "memberships": len(memberships)}
+
+    def _replace_synced_memberships(
+        self, session: Session, source: str, pairs: Iterable[tuple[str, str]]
+    ) -> int:
+        """The source's memberships become ``pairs`` (others' are untouched)."""
+        origin = f"source:{source}"
+        clean = sorted({(check_principal(m), check_principal(g)) for m, g in pairs})
+        names = {p for pair in clean for p in pair}
+        existing = set(session.scalars(select(Principal.name).where(Principal.name.in_(names))))
+        session.add_all(Principal(name=p) for p in sorted(names - existing))
+        session.execute(delete(GroupMembership).where(GroupMembership.origin == origin))
+        session.flush()
+        session.add_all(GroupMembership(member=m, group=g, origin=origin) for m, g in clean)
+        with self._lock:
+            self._directory = None
+        return len(clean)
 
     def principals_for(self, principal: str) -> frozenset[str]:
         return self.directory.principals_for(principal)
@@ -440,6 +495,24 @@ class Runtime:
         vector = self.embedder.embed([query])[0].tolist() if mode != "keyword" else None
         sparse = self.keywords.query(query) if mode != "dense" else None
         return index.search(vector, access, k, sparse=sparse)
+
+    def due(self, now: datetime) -> tuple[list[Due], datetime | None]:
+        """Scheduled sources due at ``now`` (not already syncing), and the next time any
+        other one falls due."""
+        due, upcoming = [], None
+        with self._lock:
+            busy = set(self._syncing)
+        for info in self.list_sources():
+            if info.next_run is None or info.name in busy:
+                continue
+            if info.next_run <= now:
+                due.append(Due(info.name, info.next_run))
+            elif upcoming is None or info.next_run < upcoming:
+                upcoming = info.next_run
+        return due, upcoming
+
+    def scheduler(self) -> Scheduler:
+        return Scheduler(self.due, lambda name: self.sync(name))
 
     def failures(self, name: str) -> list[dict[str, str]]:
         """Failures of the source's last run."""
@@ -499,6 +572,11 @@ class Runtime:
 
 def _missing(name: str) -> NotFoundError:
     return NotFoundError(f"no source named {name!r} (add one with `sources add FILE.yaml`)")
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time we store is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _run_json(run: SyncRun) -> dict[str, Any]:

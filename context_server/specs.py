@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.base import check_principal
 from context_server.errors import SpecError
+from context_server.schedules import check_schedule
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,6 +27,14 @@ class SourceSpec(BaseModel):
     name: str = Field(description="Unique, lowercase: letters, digits, '-', '_'.")
     kind: str
     config: dict[str, Any] = Field(default_factory=dict)
+    schedule: str | None = Field(
+        default=None, description="'every 15m' or a cron expression (UTC); unset: on demand."
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        return None if v is None else check_schedule(v)
 
     @field_validator("name")
     @classmethod

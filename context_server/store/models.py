@@ -48,6 +48,8 @@ class Source(Base):
     config: Mapped[dict[str, Any]]
     # The checkpoint of the last completed sync, as the connector's checkpoint model dumps it.
     checkpoint: Mapped[dict[str, Any] | None]
+    # "every 15m" or a cron expression (context_server/schedules.py); None: on demand only.
+    schedule: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -143,7 +145,9 @@ class Principal(Base):
 
 
 class GroupMembership(Base):
-    """``member`` (a user or a group) belongs to ``group``; groups nest."""
+    """``member`` (a user or a group) belongs to ``group``; groups nest. ``origin`` says who
+    asserted it: ``principals`` (the principals file) or ``source:<name>`` (synced from a
+    source); each origin's rows are replaced as a whole."""
 
     __tablename__ = "group_memberships"
 
@@ -153,6 +157,7 @@ class GroupMembership(Base):
     member: Mapped[str] = mapped_column(
         ForeignKey("principals.name", ondelete="CASCADE"), primary_key=True
     )
+    origin: Mapped[str] = mapped_column(String(110), primary_key=True, default="principals")
 
 
 class ApiKey(Base):
