@@ -25,6 +25,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -40,6 +41,13 @@ from connectors.errors import CredentialError, SourceError
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 USER_AGENT = "context-server-connector/0.1"
+
+
+@dataclass(frozen=True)
+class _Body:
+    json: Any = None
+    data: Mapping[str, Any] | None = None
+    content: bytes | None = None
 
 
 class _Retry(Exception):
@@ -65,8 +73,12 @@ class HttpClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        rate_limited: Callable[[httpx.Response], bool] | None = None,
     ) -> None:
+        """``rate_limited``: an API-specific test for a 403 that means "slow down" (e.g.
+        Google's ``userRateLimitExceeded`` in the body), beside the standard headers."""
         self.base_url = base_url.rstrip("/")
+        self._rate_limited_hook = rate_limited
         self.max_wait = max_wait
         self._sleep = sleep
         self._clock = clock
@@ -112,10 +124,14 @@ class HttpClient:
         *,
         params: Mapping[str, Any] | None = None,
         json: Any = None,
+        data: Mapping[str, Any] | None = None,
+        content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         allow: Collection[int] = (),
     ) -> httpx.Response:
-        """Send with retries; a response in 2xx/3xx or in ``allow`` is returned."""
+        """Send with retries; a response in 2xx/3xx or in ``allow`` is returned. ``data``
+        is a form body, ``content`` raw bytes, ``json`` a JSON body."""
+        body = _Body(json=json, data=data, content=content)
         retrying = Retrying(
             stop=stop_after_attempt(self._max_attempts),
             wait=self._wait,
@@ -126,7 +142,7 @@ class HttpClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._once(method, url, params, json, headers, allow)
+                    return self._once(method, url, params, body, headers, allow)
         except _Retry as exc:
             raise SourceError(
                 f"{self._where(url)} failed {self._max_attempts} times; last: {exc}"
@@ -138,7 +154,7 @@ class HttpClient:
         method: str,
         url: str,
         params: Mapping[str, Any] | None,
-        json: Any,
+        body: _Body,
         headers: Mapping[str, str] | None,
         allow: Collection[int],
     ) -> httpx.Response:
@@ -146,14 +162,22 @@ class HttpClient:
         if pause > 0:
             self._sleep(pause)
         try:
-            response = self.http.request(method, url, params=params, json=json, headers=headers)
+            response = self.http.request(
+                method,
+                url,
+                params=params,
+                json=body.json,
+                data=body.data,
+                content=body.content,
+                headers=headers,
+            )
         except httpx.TransportError as exc:  # connection refused, reset, timeouts
             raise _Retry(f"{type(exc).__name__}: {exc}") from exc
         self._note_quota(response)
         status = response.status_code
         if status < 400 or status in allow:
             return response
-        if status == 429 or (status == 403 and self._rate_limited(response)):
+        if status == 429 or (status == 403 and self._is_rate_limit(response)):
             wait = self._server_wait(response)
             if wait is not None and wait > self.max_wait:
                 raise SourceError(
@@ -195,12 +219,12 @@ class HttpClient:
             return max(0.0, float(reset) - self._clock()) + 1.0
         return None
 
-    @staticmethod
-    def _rate_limited(response: httpx.Response) -> bool:
-        return (
-            "Retry-After" in response.headers
-            or response.headers.get("X-RateLimit-Remaining") == "0"
-        )
+    def _is_rate_limit(self, response: httpx.Response) -> bool:
+        if "Retry-After" in response.headers:
+            return True
+        if response.headers.get("X-RateLimit-Remaining") == "0":
+            return True
+        return self._rate_limited_hook is not None and self._rate_limited_hook(response)
 
     def _note_quota(self, response: httpx.Response) -> None:
         if response.status_code < 400 and response.headers.get("X-RateLimit-Remaining") == "0":

@@ -106,3 +106,22 @@ def test_bad_credentials_and_other_errors_are_clear() -> None:
     allowed = sequence(httpx.Response(404))
     assert client(allowed, slept).get_json("/repos/x/y", allow=(404,)) is None
     assert slept == []
+
+
+def test_an_api_specific_403_rate_limit_and_form_bodies() -> None:
+    slept: list[float] = []
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        if len(seen) == 1:
+            return httpx.Response(
+                403, json={"error": {"errors": [{"reason": "rateLimitExceeded"}]}}
+            )
+        return httpx.Response(200, json={"access_token": "t"})
+
+    c = client(handler, slept, rate_limited=lambda r: "rateLimitExceeded" in r.text)
+    response = c.request("POST", "/token", data={"grant_type": "jwt", "assertion": "a.b.c"})
+    assert response.json() == {"access_token": "t"}
+    assert len(slept) == 1
+    assert seen[-1] == b"grant_type=jwt&assertion=a.b.c"
