@@ -1,0 +1,1 @@
+"""The ``confluence`` connector: pages of Confluence Cloud spaces, with their read ACLs."""
