@@ -1,0 +1,1 @@
+"""The ``mediawiki`` connector: pages of a MediaWiki wiki through its Action API."""
