@@ -137,24 +137,17 @@ class MediaWikiApi:
             login_token = tokens["query"]["tokens"]["logintoken"]
         except (KeyError, TypeError):
             raise SourceError(f"{self._where()} returned no login token") from None
-        # action=login takes the password and token only in a POST body; HttpClient.request
-        # sends JSON bodies, so this one request goes through the underlying httpx client.
-        try:
-            response = self.http.http.post(
-                API,
-                params={"action": "login", **_FORMAT},
-                data={
-                    "lgname": self.config.username,
-                    "lgpassword": password,
-                    "lgtoken": login_token,
-                },
-            )
-        except httpx.TransportError as exc:
-            raise SourceError(f"{self._where()} login failed: {exc}") from exc
-        if response.status_code in (401, 403):
-            raise CredentialError(f"{self._where()} refused the login ({response.status_code})")
-        if response.status_code >= 400:
-            raise SourceError(f"{self._where()} login answered {response.status_code}")
+        # action=login takes the password and token only in a POST form body.
+        response = self.http.request(
+            "POST",
+            API,
+            params={"action": "login", **_FORMAT},
+            data={
+                "lgname": self.config.username,
+                "lgpassword": password,
+                "lgtoken": login_token,
+            },
+        )
         body = _json(response)
         result = body.get("login", {}) if isinstance(body.get("login"), dict) else {}
         if result.get("result") != "Success":
