@@ -1,0 +1,915 @@
+"""The jira connector against the shared contract and a fake Jira Cloud REST API v3.
+
+``FakeJira`` holds mutable state (issues, project roles, security levels, groups) and answers
+the endpoints the connector calls, in the documented shapes (``fixtures/jira/*.json``): the
+enhanced search ``POST /rest/api/3/search/jql`` with ``nextPageToken``, the classic
+``POST /rest/api/3/search`` with ``startAt``/``total``, and the ``startAt``/``isLast`` lists.
+It evaluates the small JQL subset the connector writes, reading times in the API user's zone
+with minute resolution, as Jira does. It is served through ``httpx.MockTransport`` and, for
+the end-to-end test, through a real local HTTP server.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from connectors import registry
+from connectors.base import Acl
+from connectors.errors import ConfigError, CredentialError
+from connectors.jira.adf import to_markdown
+from connectors.jira.config import JiraConfig
+from connectors.jira.connector import JiraConnector, account_slug, group_principal
+from tests.contract.connector_contract import ConnectorContract, deletes, failures, run, upserts
+
+FIXTURES = Path(__file__).parent / "fixtures" / "jira"
+EMAIL, TOKEN = "mia@example.com", "jira-test-token"
+TOKEN_ENV = "JIRA_CONTRACT_TEST_TOKEN"
+API = "/rest/api/3"
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+
+
+def adf(text: str) -> dict[str, Any]:
+    return {
+        "type": "doc",
+        "version": 1,
+        "content": [{"type": "paragraph", "content": [{"type": "text", "text": text}]}],
+    }
+
+
+def jira_time(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
+# -- a tiny JQL evaluator for the subset the connector writes ----------------------------
+
+_TOKEN = re.compile(r'"[^"]*"|\(|\)|,|>=|[^\s(),]+')
+
+
+class Jql:
+    def __init__(self, text: str, zone: ZoneInfo) -> None:
+        match = re.search(r"\s*\bORDER BY\s+(\w+)\s+(ASC|DESC)\s*$", text, re.IGNORECASE)
+        self.ordered = match is not None
+        body = text[: match.start()] if match else text
+        self.zone = zone
+        self.tokens = _TOKEN.findall(body)
+        self.pos = 0
+        self.predicate = self._or()
+        assert self.pos == len(self.tokens), f"unparsed JQL: {text}"
+
+    def _peek(self) -> str:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else ""
+
+    def _next(self) -> str:
+        token = self._peek()
+        self.pos += 1
+        return token
+
+    def _or(self) -> Callable[[dict[str, Any]], bool]:
+        parts = [self._and()]
+        while self._peek().upper() == "OR":
+            self._next()
+            parts.append(self._and())
+        return lambda issue: any(p(issue) for p in parts)
+
+    def _and(self) -> Callable[[dict[str, Any]], bool]:
+        parts = [self._atom()]
+        while self._peek().upper() == "AND":
+            self._next()
+            parts.append(self._atom())
+        return lambda issue: all(p(issue) for p in parts)
+
+    def _atom(self) -> Callable[[dict[str, Any]], bool]:
+        if self._peek() == "(":
+            self._next()
+            inner = self._or()
+            assert self._next() == ")"
+            return inner
+        name, op = self._next(), self._next().lower()
+        get = _FIELDS[name]
+        if op == "in":
+            assert self._next() == "("
+            values = set()
+            while (token := self._next()) != ")":
+                if token != ",":
+                    values.add(token.strip('"'))
+            return lambda issue: get(issue) in values
+        if op == "is":
+            assert self._next().lower() == "not" and self._next().upper() == "EMPTY"
+            return lambda issue: bool(get(issue))
+        if op == ">=":
+            local = datetime.strptime(self._next().strip('"'), "%Y/%m/%d %H:%M")
+            since = local.replace(tzinfo=self.zone)
+            return lambda issue: _minute(get(issue)) >= since
+        if op == "=":
+            value = self._next().strip('"')
+            return lambda issue: value in (get(issue) or [])
+        raise AssertionError(f"unsupported JQL operator {op!r}")
+
+
+def _minute(value: str) -> datetime:
+    when = datetime.fromisoformat(value)
+    return when.replace(second=0, microsecond=0)
+
+
+_FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "project": lambda i: i["fields"]["project"]["key"],
+    "id": lambda i: i["id"],
+    "level": lambda i: (i["fields"].get("security") or {}).get("id"),
+    "updated": lambda i: i["fields"]["updated"],
+    "labels": lambda i: i["fields"]["labels"],
+}
+
+
+# -- the fake ----------------------------------------------------------------------------
+
+
+class FakeJira:
+    def __init__(self, base: str = "https://acme.atlassian.net") -> None:
+        self.base = base
+        self.zone = ZoneInfo("Europe/Paris")
+        self.clock = datetime(2024, 1, 15, 8, 0, tzinfo=UTC)
+        self.issues: dict[str, dict[str, Any]] = {}
+        self.comments: dict[str, list[dict[str, Any]]] = {}
+        self.broken: set[str] = set()
+        self.inline_comments = 20
+        self.page_cap = 100
+        self.next_id = 10001
+        self.users = {
+            "5b10a2844c20165700ede21g": "mia@example.com",
+            "5b10ac8d82e05b22cc7d4ef5": "bob@example.com",
+            "557058:f58131cb-b67d-43c7-b30d-6b58d40bd077": None,  # email hidden
+        }
+        self.roles: dict[str, dict[str, tuple[str, list[dict[str, Any]]]]] = {}
+        self.hidden_roles: set[str] = set()
+        self.levels: dict[str, list[dict[str, Any]]] = {}
+        self.hidden_levels: set[str] = set()
+        self.groups: dict[str, tuple[str, list[str]]] = {}
+        self.inject: list[tuple[int, dict[str, str]]] = []
+        self.log: list[tuple[str, str, dict[str, Any]]] = []
+        self.add_project("ENG", developers=["group:jira-developers", "user:alice"])
+
+    # state ---------------------------------------------------------------------------
+
+    def tick(self) -> str:
+        self.clock += timedelta(minutes=3)
+        return jira_time(self.clock)
+
+    def add_project(self, key: str, developers: list[str]) -> None:
+        self.roles[key] = {"Developers": ("10360", [self.actor(p) for p in developers])}
+        self.roles[key]["Administrators"] = ("10002", [self.actor("user:admin")])
+
+    def actor(self, principal: str) -> dict[str, Any]:
+        role = copy.deepcopy(fixture("role.json"))
+        group, user = role["actors"]
+        kind, name = principal.split(":", 1)
+        if kind == "group":
+            group_id = f"gid-{name}"
+            group.update(displayName=name, name=name)
+            group["actorGroup"] = {"name": name, "displayName": name, "groupId": group_id}
+            self.groups.setdefault(name, (group_id, []))
+            return dict(group)
+        user["actorUser"] = {"accountId": name}
+        user["displayName"] = name
+        return dict(user)
+
+    def add(self, summary: str, text: str, project: str = "ENG", **fields: Any) -> str:
+        template = fixture("issue.json")
+        issue_id = str(self.next_id)
+        self.next_id += 1
+        number = sum(1 for i in self.issues.values() if i["key"].startswith(project + "-")) + 1
+        key = f"{project}-{number}"
+        issue = {
+            **template,
+            "id": issue_id,
+            "key": key,
+            "self": f"{self.base}{API}/issue/{issue_id}",
+        }
+        issue["fields"] = {
+            **template["fields"],
+            "summary": summary,
+            "description": adf(text),
+            "labels": [],
+            "project": {**template["fields"]["project"], "key": project, "name": project},
+            "updated": self.tick(),
+            **fields,
+        }
+        self.comments[issue_id] = list(issue["fields"].pop("comment")["comments"])
+        self.issues[issue_id] = issue
+        return issue_id
+
+    def update(self, issue_id: str, **fields: Any) -> None:
+        self.issues[issue_id]["fields"].update(fields, updated=self.tick())
+
+    def set_level(self, level_id: str, holders: list[dict[str, Any]], name: str = "") -> None:
+        self.levels[level_id] = holders
+        self.level_names = getattr(self, "level_names", {})
+        self.level_names[level_id] = name or f"Level {level_id}"
+
+    def security(self, level_id: str) -> dict[str, Any]:
+        names = getattr(self, "level_names", {})
+        return {
+            "self": f"{self.base}{API}/securitylevel/{level_id}",
+            "id": level_id,
+            "name": names.get(level_id, f"Level {level_id}"),
+            "description": "",
+        }
+
+    # HTTP ------------------------------------------------------------------------------
+
+    def handle(
+        self, method: str, path: str, params: dict[str, Any], body: Any, auth: str | None
+    ) -> tuple[int, Any, dict[str, str]]:
+        self.log.append((method, path, {**params, **(body or {})}))
+        if self.inject:
+            status, headers = self.inject.pop(0)
+            return status, {"errorMessages": ["injected"]}, headers
+        expected = "Basic " + base64.b64encode(f"{EMAIL}:{TOKEN}".encode()).decode()
+        if auth != expected:
+            return 401, {"errorMessages": ["Client must be authenticated."]}, {}
+        route = path.removeprefix(API)
+        if route == "/myself":
+            return 200, fixture("myself.json"), {}
+        if method == "POST" and route in ("/search/jql", "/search"):
+            return 200, self.search(body, classic=route == "/search"), {}
+        if m := re.fullmatch(r"/project/([A-Z0-9_]+)", route):
+            if m[1] not in self.roles:
+                return 404, {"errorMessages": ["No project could be found."]}, {}
+            return 200, {"id": "10000", "key": m[1], "name": m[1]}, {}
+        if m := re.fullmatch(r"/project/([A-Z0-9_]+)/role", route):
+            if m[1] in self.hidden_roles:
+                return 403, {"errorMessages": ["You cannot view project roles."]}, {}
+            roles = self.roles.get(m[1], {})
+            return (
+                200,
+                {n: f"{self.base}{API}/project/{m[1]}/role/{i}" for n, (i, _) in roles.items()},
+                {},
+            )
+        if m := re.fullmatch(r"/project/([A-Z0-9_]+)/role/(\d+)", route):
+            for name, (role_id, actors) in self.roles.get(m[1], {}).items():
+                if role_id == m[2]:
+                    role = fixture("role.json")
+                    role.update(name=name, id=int(role_id), actors=actors)
+                    return 200, role, {}
+            return 404, {"errorMessages": ["no role"]}, {}
+        if route == "/issuesecurityschemes/level/member":
+            level_id = str(params["levelId"])
+            if level_id in self.hidden_levels or level_id not in self.levels:
+                return 403, {"errorMessages": ["Administer Jira permission needed"]}, {}
+            values = [
+                {
+                    "id": str(n),
+                    "issueSecurityLevelId": level_id,
+                    "issueSecuritySchemeId": "10000",
+                    "holder": h,
+                }
+                for n, h in enumerate(self.levels[level_id])
+            ]
+            return 200, self.paged(values, params), {}
+        if route == "/group/member":
+            for name, (group_id, members) in self.groups.items():
+                if params.get("groupId") == group_id or params.get("groupname") == name:
+                    template = fixture("group_members.json")["values"][0]
+                    values = [
+                        {
+                            **template,
+                            "accountId": a,
+                            "displayName": a,
+                            "emailAddress": self.users.get(a) or f"{a}@example.com",
+                        }
+                        for a in members
+                    ]
+                    return 200, self.paged(values, params), {}
+            return 404, {"errorMessages": ["group not found"]}, {}
+        if route == "/user":
+            account = str(params["accountId"])
+            user = {"accountId": account, "displayName": account, "active": True}
+            if self.users.get(account):
+                user["emailAddress"] = self.users[account]
+            return 200, user, {}
+        if m := re.fullmatch(r"/issue/(\d+)/comment", route):
+            if m[1] in self.broken:
+                return 500, {"errorMessages": ["Internal server error"]}, {}
+            start, size = int(params.get("startAt", 0)), int(params.get("maxResults", 50))
+            comments = self.comments.get(m[1], [])
+            return (
+                200,
+                {
+                    "startAt": start,
+                    "maxResults": size,
+                    "total": len(comments),
+                    "comments": comments[start : start + size],
+                },
+                {},
+            )
+        return 404, {"errorMessages": [f"no route {method} {path}"]}, {}
+
+    def paged(self, values: list[Any], params: dict[str, Any]) -> dict[str, Any]:
+        start, size = int(params.get("startAt", 0)), int(params.get("maxResults", 50))
+        size = min(size, 50)
+        return {
+            "maxResults": size,
+            "startAt": start,
+            "total": len(values),
+            "isLast": start + size >= len(values),
+            "values": values[start : start + size],
+        }
+
+    def search(self, body: dict[str, Any], *, classic: bool) -> dict[str, Any]:
+        query = Jql(body["jql"], self.zone)
+        found = [i for i in self.issues.values() if query.predicate(i)]
+        if query.ordered:
+            found.sort(key=lambda i: (i["fields"]["updated"], int(i["id"])))
+        size = min(int(body.get("maxResults", 50)), self.page_cap)
+        if classic:
+            start = int(body.get("startAt", 0))
+        else:
+            token = body.get("nextPageToken")
+            start = int(base64.b64decode(token).decode()) if token else 0
+        page = [self.render(i, body.get("fields", [])) for i in found[start : start + size]]
+        if classic:
+            return {
+                "expand": "schema,names",
+                "startAt": start,
+                "maxResults": size,
+                "total": len(found),
+                "issues": page,
+            }
+        result: dict[str, Any] = {"issues": page, "isLast": start + size >= len(found)}
+        if not result["isLast"]:
+            result["nextPageToken"] = base64.b64encode(str(start + size).encode()).decode()
+        return result
+
+    def render(self, issue: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+        out = copy.deepcopy(issue)
+        out["fields"] = {k: v for k, v in out["fields"].items() if k in fields}
+        if "comment" in fields:
+            comments = self.comments.get(issue["id"], [])
+            shown = comments[: self.inline_comments]
+            if issue["id"] in self.broken:
+                shown = shown[:0]
+            total = len(comments) + (1 if issue["id"] in self.broken else 0)
+            out["fields"]["comment"] = {
+                "comments": shown,
+                "self": f"{self.base}{API}/issue/{issue['id']}/comment",
+                "maxResults": len(shown),
+                "total": total,
+                "startAt": 0,
+            }
+        return out
+
+    def transport(self) -> httpx.MockTransport:
+        def respond(request: httpx.Request) -> httpx.Response:
+            body = json.loads(request.content) if request.content else None
+            status, payload, headers = self.handle(
+                request.method,
+                request.url.path,
+                dict(request.url.params),
+                body,
+                request.headers.get("Authorization"),
+            )
+            return httpx.Response(status, json=payload, headers=headers)
+
+        return httpx.MockTransport(respond)
+
+
+@pytest.fixture(autouse=True)
+def _token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+
+
+def make(fake: FakeJira, sleeps: list[float] | None = None, **config: Any) -> JiraConnector:
+    settings: dict[str, Any] = {
+        "base_url": fake.base,
+        "email": EMAIL,
+        "api_token": {"env": TOKEN_ENV},
+        "projects": ["ENG"],
+        **config,
+    }
+    record = sleeps.append if sleeps is not None else (lambda _: None)
+    return JiraConnector(
+        JiraConfig.model_validate(settings), transport=fake.transport(), sleep=record
+    )
+
+
+# -- the shared contract -----------------------------------------------------------------
+
+
+class TestJiraContract(ConnectorContract):
+    @pytest.fixture(autouse=True)
+    def _fake(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(TOKEN_ENV, TOKEN)
+        self.fake = FakeJira()
+        self.ids: dict[str, str] = {}
+
+    def connector(self) -> Any:
+        return make(self.fake)
+
+    def external_id(self, name: str) -> str:
+        return self.ids[name]
+
+    def add(self, name: str, text: str) -> None:
+        self.ids[name] = self.fake.add(name.upper(), text)
+
+    def change(self, name: str, text: str) -> None:
+        self.fake.update(self.ids[name], description=adf(text))
+
+    def remove(self, name: str) -> None:
+        del self.fake.issues[self.ids[name]]
+
+    def restrict(self, name: str, principal: str) -> Any:
+        account = principal.split(":", 1)[1]
+        self.fake.set_level("10100", [{"type": "user", "parameter": account, "value": account}])
+        self.fake.update(self.ids[name], security=self.fake.security("10100"))
+        return self.connector()
+
+    def break_(self, name: str) -> None:
+        self.fake.broken.add(self.ids[name])
+
+
+# -- documents -----------------------------------------------------------------------------
+
+
+def test_the_kind_is_registered() -> None:
+    assert registry.connector_class("jira") is JiraConnector
+
+
+def test_adf_becomes_markdown() -> None:
+    markdown = to_markdown(fixture("issue.json")["fields"]["description"])
+    assert markdown == (
+        "## Steps\n\n"
+        "1. Open the login page\n"
+        "2. Wait **30 seconds**\n\n"
+        "@Mia Krystof saw it too, see [the runbook](https://wiki.example.com/runbook)  \n"
+        "Config key `proxy.timeout`\n\n"
+        "```bash\ncurl -v https://login.example.com\necho done\n```\n\n"
+        "- outer\n  - inner\n\n"
+        "> **Warning:** Production only\n\n"
+        "| Env | Result |\n|---|---|\n| prod | timeout |\n\n"
+        "[attachment: screenshot.png]\n\n"
+        "---\n\n"
+        "😄 done on 2024-01-01 [IN REVIEW] <https://your-domain.atlassian.net/browse/ENG-2>"
+    )
+
+
+def test_adf_edge_cases() -> None:
+    assert to_markdown(None) == ""
+    assert to_markdown("  plain wiki text  ") == "plain wiki text"
+    assert to_markdown({"type": "doc", "version": 1, "content": []}) == ""
+    future = {
+        "type": "doc",
+        "content": [
+            {"type": "someFutureBlock", "content": [adf("kept text")["content"][0]]},
+            {
+                "type": "taskList",
+                "content": [
+                    {
+                        "type": "taskItem",
+                        "attrs": {"state": "DONE"},
+                        "content": [{"type": "text", "text": "ship it"}],
+                    },
+                    {
+                        "type": "taskItem",
+                        "attrs": {"state": "TODO"},
+                        "content": [{"type": "text", "text": "tell people"}],
+                    },
+                ],
+            },
+            {"type": "blockquote", "content": [adf("quoted")["content"][0]]},
+            {"type": "heading", "attrs": {"level": 9}, "content": [{"type": "text", "text": "H"}]},
+            {"type": "paragraph", "content": [{"type": "mention", "attrs": {"id": "abc"}}]},
+        ],
+    }
+    assert to_markdown(future) == (
+        "kept text\n\n- [x] ship it\n- [ ] tell people\n\n> quoted\n\n# H\n\n@abc"
+    )
+
+
+def test_an_issue_becomes_a_markdown_document() -> None:
+    fake = FakeJira()
+    issue_id = fake.add("Login page times out", "ignored")
+    fake.issues[issue_id]["fields"]["description"] = fixture("issue.json")["fields"]["description"]
+    fake.issues[issue_id]["fields"]["labels"] = ["login", "proxy"]
+    (doc,) = upserts(run(make(fake), None)[0]).values()
+    text = doc.read().decode()
+    assert doc.external_id == issue_id
+    assert doc.title == "ENG-1: Login page times out"
+    assert doc.filename == "ENG-1.md" and doc.mime_type == "text/markdown"
+    assert doc.url == "https://acme.atlassian.net/browse/ENG-1"
+    assert doc.author == "Mia Krystof"  # the reporter's displayName
+    assert doc.updated_at == datetime.fromisoformat(fake.issues[issue_id]["fields"]["updated"])
+    assert doc.metadata == {
+        "key": "ENG-1",
+        "project": "ENG",
+        "status": "In Progress",
+        "issuetype": "Bug",
+        "priority": "High",
+        "labels": "login, proxy",
+        "assignee": "Bob Lee",
+    }
+    assert text.startswith("# ENG-1: Login page times out\n\n## Steps\n\n1. Open the login page")
+    assert "## Comments\n\n### Mia Krystof, 2024-01-02\n\nReproduced on staging." in text
+    assert "vault" not in text  # a comment restricted to a role is left out
+    assert doc.size == len(doc.read())
+
+
+def test_comments_beyond_the_inline_page_are_fetched() -> None:
+    fake = FakeJira()
+    issue_id = fake.add("Busy", "many comments")
+    template = fake.comments[issue_id][0]
+    fake.comments[issue_id] = [
+        {**template, "id": str(n), "body": adf(f"comment number {n}")} for n in range(130)
+    ]
+    fake.inline_comments = 5
+    (doc,) = upserts(run(make(fake), None)[0]).values()
+    text = doc.read().decode()
+    assert "comment number 0\n" in text and "comment number 129\n" in text
+    assert text.count("### Mia Krystof") == 130
+    starts = [int(p["startAt"]) for m, path, p in fake.log if path.endswith("/comment")]
+    assert starts == [5, 105]
+
+
+def test_a_status_change_changes_the_hash_and_metadata() -> None:
+    fake = FakeJira()
+    issue_id = fake.add("S", "same text")
+    first, checkpoint = run(make(fake), None)
+    fake.update(issue_id, status={"name": "Done", "id": "5"})
+    again, _ = run(make(fake), checkpoint)
+    assert upserts(again)[issue_id].content_hash != upserts(first)[issue_id].content_hash
+    assert upserts(again)[issue_id].metadata["status"] == "Done"
+
+
+# -- pagination and incremental queries ----------------------------------------------------
+
+
+@pytest.mark.parametrize("search_api", ["jql", "classic"])
+def test_pagination_across_several_pages(search_api: str) -> None:
+    fake = FakeJira()
+    ids = [fake.add(f"issue {n}", f"text {n}") for n in range(7)]
+    fake.page_cap = 3
+    changes, checkpoint = run(make(fake, search_api=search_api, page_size=50), None)
+    assert list(upserts(changes)) == ids  # ORDER BY updated ASC, every page
+    searches = [
+        p
+        for m, path, p in fake.log
+        if path.endswith("/search" + ("/jql" if search_api == "jql" else ""))
+    ]
+    assert len(searches) == 3
+    if search_api == "jql":
+        assert "nextPageToken" not in searches[0] and searches[1]["nextPageToken"]
+    else:
+        assert [p["startAt"] for p in searches] == [0, 3, 6]
+    assert set(checkpoint.issues) == set(ids)
+
+
+def test_incremental_query_uses_the_users_zone_and_an_overlap() -> None:
+    fake = FakeJira()
+    fake.add("a", "x")  # updated 08:03 UTC = 09:03 in Paris
+    _, checkpoint = run(make(fake), None)
+    assert checkpoint.cursor == datetime(2024, 1, 15, 8, 3, tzinfo=UTC)
+    fake.log.clear()
+    changes, after = run(make(fake, overlap_minutes=5), checkpoint)
+    (search,) = [
+        p for m, path, p in fake.log if path.endswith("/search/jql") and "comment" in p["fields"]
+    ]
+    assert search["jql"] == (
+        '(project in ("ENG")) AND (updated >= "2024/01/15 08:58") ORDER BY updated ASC'
+    )
+    assert len(upserts(changes)) == 1  # inside the overlap: re-upserted, unchanged
+    listing = [
+        p for m, path, p in fake.log if path.endswith("/search/jql") and p["fields"] == ["key"]
+    ]
+    assert listing and listing[0]["maxResults"] == 5000
+    assert after.cursor == checkpoint.cursor
+
+
+def test_extra_jql_and_the_scope() -> None:
+    fake = FakeJira()
+    fake.add_project("OPS", developers=["user:ops"])
+    keep = fake.add("keep", "x", labels=["customer"])
+    fake.add("skip", "y")
+    other = fake.add("other project", "z", project="OPS", labels=["customer"])
+    docs = upserts(run(make(fake, projects=[], jql="labels = customer"), None)[0])
+    assert set(docs) == {keep, other}
+    assert docs[other].acl == Acl.of(["user:ops", "user:admin"])
+
+
+def test_an_issue_moved_out_of_scope_is_deleted() -> None:
+    fake = FakeJira()
+    fake.add_project("OPS", developers=["user:ops"])
+    a, b = fake.add("a", "x"), fake.add("b", "y")
+    _, checkpoint = run(make(fake), None)
+    fake.update(b, project={"key": "OPS", "id": "10001", "name": "OPS"})
+    changes, after = run(make(fake), checkpoint)
+    assert deletes(changes) == {b} and set(after.issues) == {a}
+
+
+def test_a_failed_issue_is_retried_by_id_until_it_reads() -> None:
+    fake = FakeJira()
+    a = fake.add("a", "x")
+    fake.broken.add(a)
+    changes, checkpoint = run(make(fake), None)
+    assert failures(changes)[a].reason == "unreadable" and checkpoint.retry == [a]
+    fake.broken.clear()
+    fake.clock += timedelta(hours=5)
+    fake.add("later", "y")  # moves the cursor far past a's update
+    changes, checkpoint = run(make(fake), checkpoint)
+    assert a in upserts(changes) and checkpoint.retry == []
+
+
+# -- ACLs ----------------------------------------------------------------------------------
+
+
+def test_project_roles_become_the_acl() -> None:
+    fake = FakeJira()
+    fake.roles["ENG"]["Developers"][1].append(
+        fake.actor("user:557058:f58131cb-b67d-43c7-b30d-6b58d40bd077")
+    )
+    issue = fake.add("a", "x")
+    doc = upserts(run(make(fake), None)[0])[issue]
+    assert doc.acl == Acl.of(
+        [
+            "group:jira-jira-developers",
+            "user:alice",
+            "user:admin",
+            "user:557058_f58131cb-b67d-43c7-b30d-6b58d40bd077",
+        ]
+    )
+    only_devs = upserts(run(make(fake, browse_roles=["Developers"]), None)[0])[issue]
+    assert "user:admin" not in only_devs.acl.users
+
+
+def test_email_principals_look_users_up_and_drop_hidden_addresses() -> None:
+    fake = FakeJira()
+    fake.roles["ENG"]["Developers"] = (
+        "10360",
+        [
+            fake.actor("user:5b10ac8d82e05b22cc7d4ef5"),
+            fake.actor("user:557058:f58131cb-b67d-43c7-b30d-6b58d40bd077"),
+        ],
+    )
+    fake.roles["ENG"].pop("Administrators")
+    issue = fake.add("a", "x")
+    doc = upserts(run(make(fake, user_principal="email"), None)[0])[issue]
+    assert doc.acl == Acl.of(["user:bob@example.com"])
+
+
+def test_hidden_roles_fail_closed_unless_configured() -> None:
+    fake = FakeJira()
+    fake.hidden_roles.add("ENG")
+    issue = fake.add("a", "x")
+    doc = upserts(run(make(fake), None)[0])[issue]
+    assert doc.acl == Acl() and not doc.acl.grants({"user:alice"})
+    mapped = make(fake, project_acls={"ENG": ["group:engineering"]})
+    assert upserts(run(mapped, None)[0])[issue].acl == Acl.of(["group:engineering"])
+
+
+def test_security_level_members_replace_the_project_acl() -> None:
+    fake = FakeJira()
+    fake.set_level(
+        "10100", [m["holder"] for m in fixture("level_members.json")["values"]], name="Security"
+    )
+    fake.set_level("10200", [{"type": "projectRole", "parameter": "10002", "value": "10002"}])
+    secret = fake.add("secret", "x", security=fake.security("10100"))
+    admins = fake.add("admins", "y", security=fake.security("10200"))
+    docs = upserts(run(make(fake), None)[0])
+    assert docs[secret].acl == Acl.of(
+        [
+            "group:jira-security-team",
+            "user:5b10ac8d82e05b22cc7d4ef5",
+            "user:5b10a2844c20165700ede21g",  # the reporter holder
+        ]
+    )
+    assert docs[admins].acl == Acl.of(["user:admin"])
+
+
+def test_an_unknown_security_level_is_readable_by_nobody_unless_mapped() -> None:
+    fake = FakeJira()
+    fake.set_level("10300", [{"type": "group", "parameter": "hr", "value": "gid-hr"}], name="HR")
+    fake.hidden_levels.add("10300")
+    issue = fake.add("salaries", "x", security=fake.security("10300"))
+    doc = upserts(run(make(fake), None)[0])[issue]
+    assert doc.acl == Acl()
+    mapped = make(fake, security_levels={"HR": ["group:hr"]})
+    assert upserts(run(mapped, None)[0])[issue].acl == Acl.of(["group:hr"])
+
+
+def test_a_role_change_alone_updates_acls_without_changing_hashes() -> None:
+    fake = FakeJira()
+    a, b = fake.add("a", "x"), fake.add("b", "y")
+    first, checkpoint = run(make(fake), None)
+    fake.clock += timedelta(hours=2)  # the issues themselves are not updated
+    fake.roles["ENG"]["Developers"][1].append(fake.actor("user:zoe"))
+    again, after = run(make(fake), checkpoint)
+    for issue in (a, b):
+        assert upserts(again)[issue].content_hash == upserts(first)[issue].content_hash
+        assert upserts(again)[issue].acl.grants({"user:zoe"})
+    fake.log.clear()
+    run(make(fake), after)
+    (query,) = [p["jql"] for _, path, p in fake.log if "comment" in p.get("fields", [])]
+    assert query.count("project in") == 1  # the ACL is as recorded: no re-listing
+
+
+def test_a_security_level_change_relists_its_issues() -> None:
+    fake = FakeJira()
+    fake.set_level("10100", [{"type": "user", "parameter": "amy", "value": "amy"}])
+    issue = fake.add("s", "x", security=fake.security("10100"))
+    _, checkpoint = run(make(fake), None)
+    fake.clock += timedelta(hours=2)
+    fake.levels["10100"].append({"type": "user", "parameter": "zoe", "value": "zoe"})
+    again, _ = run(make(fake), checkpoint)
+    assert upserts(again)[issue].acl == Acl.of(["user:amy", "user:zoe"])
+
+
+def test_list_ids_carries_acls() -> None:
+    fake = FakeJira()
+    issue = fake.add("a", "x")
+    (ref,) = make(fake).list_ids()
+    assert ref.external_id == issue and ref.acl.grants({"user:alice"})
+    assert ref.version == fake.issues[issue]["fields"]["updated"]
+
+
+def test_principal_names() -> None:
+    assert account_slug("557058:f58131cb-b67d") == "557058_f58131cb-b67d"
+    assert group_principal("Jira Software Users") == "group:jira-jira-software-users"
+    assert group_principal("site-admins") == "group:jira-site-admins"
+
+
+# -- groups --------------------------------------------------------------------------------
+
+
+def test_memberships_page_through_group_members() -> None:
+    fake = FakeJira()
+    fake.groups["jira-developers"] = ("gid-jira-developers", [f"dev{n}" for n in range(60)])
+    fake.add("a", "x")
+    connector = make(fake)
+    run(connector, None)
+    pairs = set(connector.memberships())
+    assert len(pairs) == 60
+    assert ("user:dev59", "group:jira-jira-developers") in pairs
+    pages = [p for m, path, p in fake.log if path.endswith("/group/member")]
+    assert [int(p["startAt"]) for p in pages] == [0, 50]
+    assert all(p["groupId"] == "gid-jira-developers" for p in pages)
+    # A fresh connector (no sync yet) finds the configured projects' groups itself.
+    assert set(make(fake).memberships()) == pairs
+
+
+# -- resilience and credentials ------------------------------------------------------------
+
+
+def test_429_then_success_waits_as_told() -> None:
+    fake = FakeJira()
+    fake.add("a", "x")
+    fake.inject = [(429, {"Retry-After": "7"})]
+    sleeps: list[float] = []
+    changes, _ = run(make(fake, sleeps), None)
+    assert len(upserts(changes)) == 1 and sleeps == [7.0]
+
+
+def test_500_then_success_backs_off() -> None:
+    fake = FakeJira()
+    fake.add("a", "x")
+    fake.inject = [(500, {}), (503, {})]
+    sleeps: list[float] = []
+    changes, _ = run(make(fake, sleeps), None)
+    assert len(upserts(changes)) == 1 and len(sleeps) == 2
+
+
+def test_bad_credentials_are_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeJira()
+    monkeypatch.setenv(TOKEN_ENV, "wrong")
+    with pytest.raises(CredentialError, match="check email and api_token"):
+        make(fake).check()
+    with pytest.raises(CredentialError, match="401"):
+        run(make(fake), None)
+
+
+def test_check_names_a_missing_project() -> None:
+    fake = FakeJira()
+    make(fake).check()
+    with pytest.raises(ConfigError, match="NOPE"):
+        make(fake, projects=["ENG", "NOPE"]).check()
+
+
+def test_bearer_token_is_sent() -> None:
+    seen: list[str | None] = []
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Authorization"))
+        return httpx.Response(200, json=fixture("myself.json"))
+
+    config = JiraConfig(
+        base_url="https://api.atlassian.com/ex/jira/abc",
+        site_url="https://acme.atlassian.net",
+        token={"env": TOKEN_ENV},
+    )  # type: ignore[arg-type]
+    JiraConnector(config, transport=httpx.MockTransport(respond)).check()
+    assert seen == [f"Bearer {TOKEN}"]
+    assert config.browse_url == "https://acme.atlassian.net"
+
+
+def test_config_refuses_plain_tokens_and_bad_values() -> None:
+    base = {"base_url": "https://acme.atlassian.net", "email": EMAIL}
+    with pytest.raises(ValidationError, match="reference"):
+        JiraConfig.model_validate({**base, "api_token": "plain-secret"})
+    with pytest.raises(ValidationError, match="reference"):
+        JiraConfig.model_validate({"base_url": base["base_url"], "token": "plain-secret"})
+    with pytest.raises(ValidationError, match="both email and api_token"):
+        JiraConfig.model_validate(base)
+    with pytest.raises(ValidationError, match="either"):
+        JiraConfig.model_validate({**base, "api_token": {"env": "A"}, "token": {"env": "B"}})
+    ok = {**base, "api_token": {"env": "A"}}
+    with pytest.raises(ValidationError, match="ORDER BY"):
+        JiraConfig.model_validate({**ok, "jql": "project = X order by created"})
+    with pytest.raises(ValidationError, match="project key"):
+        JiraConfig.model_validate({**ok, "projects": ["eng"]})
+    with pytest.raises(ValidationError):
+        JiraConfig.model_validate({**ok, "project_acls": {"ENG": ["engineers"]}})
+    with pytest.raises(ValidationError, match="http"):
+        JiraConfig.model_validate({**ok, "base_url": "acme.atlassian.net"})
+
+
+def test_the_readme_documents_every_config_key() -> None:
+    readme = (Path(__file__).parents[2] / "connectors" / "jira" / "README.md").read_text()
+    for name in JiraConfig.model_fields:
+        assert f"`{name}`" in readme, name
+
+
+# -- end to end: the real CLI against a real local HTTP server ---------------------------
+
+
+@pytest.mark.model
+def test_cli_syncs_a_local_jira_and_searches_with_acls(tmp_path: Path, httpserver: Any) -> None:
+    from werkzeug import Request, Response
+
+    fake = FakeJira(base=httpserver.url_for("").rstrip("/"))
+    fake.groups["jira-developers"] = ("gid-jira-developers", ["bob"])
+    fake.add("Payroll export fails", "The payroll export to the bank fails every Friday night.")
+    fake.set_level("10100", [{"type": "user", "parameter": "carol", "value": "carol"}])
+    fake.add(
+        "Office plants", "Water the office plants on Mondays.", security=fake.security("10100")
+    )
+
+    def handler(request: Request) -> Response:
+        body = json.loads(request.get_data()) if request.get_data() else None
+        status, payload, headers = fake.handle(
+            request.method,
+            request.path,
+            dict(request.args),
+            body,
+            request.headers.get("Authorization"),
+        )
+        return Response(
+            json.dumps(payload), status=status, headers=headers, content_type="application/json"
+        )
+
+    httpserver.expect_request(re.compile(r"^/rest/.*")).respond_with_handler(handler)
+    (tmp_path / "jira.yaml").write_text(
+        "name: tickets\nkind: jira\nconfig:\n"
+        f"  base_url: {fake.base}\n  email: {EMAIL}\n"
+        f"  api_token: {{env: {TOKEN_ENV}}}\n  projects: [ENG]\n"
+    )
+    (tmp_path / "principals.yaml").write_text("groups:\n  staff: [user:dave]\n")
+    env = {**os.environ, "CONTEXT_SERVER_HOME": str(tmp_path / "home"), TOKEN_ENV: TOKEN}
+    env.pop("CONTEXT_SERVER_DATABASE_URL", None)
+    env.pop("CONTEXT_SERVER_QDRANT_URL", None)
+    binary = str(Path(sys.executable).parent / "context-server")
+
+    def cli(*args: str) -> Any:
+        proc = subprocess.run([binary, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        return json.loads(proc.stdout)
+
+    cli("principals", "load", str(tmp_path / "principals.yaml"), "--json")
+    cli("sources", "add", str(tmp_path / "jira.yaml"), "--json")
+    report = cli("sync", "tickets", "--json")
+    assert report["upserted"] == 2 and report["failed"] == 0
+
+    def titles(query: str, who: str) -> list[str]:
+        found = cli("search", query, "--as", who, "-k", "5", "--json")
+        results = found["results"] if isinstance(found, dict) else found
+        return [r["title"] for r in results]
+
+    payroll = "ENG-1: Payroll export fails"
+    assert payroll in titles("payroll export bank", "user:bob")  # via the synced group
+    assert payroll in titles("payroll export bank", "user:alice")  # a role actor
+    assert payroll not in titles("payroll export bank", "user:dave")
+    assert "ENG-2: Office plants" in titles("office plants", "user:carol")
+    assert "ENG-2: Office plants" not in titles("office plants", "user:alice")
