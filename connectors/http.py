@@ -175,8 +175,9 @@ class HttpClient:
             raise _Retry(f"{type(exc).__name__}: {exc}") from exc
         self._note_quota(response)
         status = response.status_code
-        if status < 400 or status in allow:
+        if status < 400:
             return response
+        # Rate limits first: an allowed 403 may be GitHub's secondary rate limit.
         if status == 429 or (status == 403 and self._is_rate_limit(response)):
             wait = self._server_wait(response)
             if wait is not None and wait > self.max_wait:
@@ -185,6 +186,8 @@ class HttpClient:
                     f"{self.max_wait:.0f}s this client waits; the next sync resumes"
                 )
             raise _Retry(f"{status} rate limited", wait)
+        if status in allow:
+            return response
         if status in RETRY_STATUSES:
             raise _Retry(f"{status} {response.reason_phrase}")
         detail = _excerpt(response)

@@ -1,0 +1,1 @@
+"""The ``github`` connector: issues (and optionally pull requests) with their comments."""
