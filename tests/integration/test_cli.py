@@ -265,3 +265,33 @@ def test_agent_files_are_validated_with_clear_errors(env: dict[str, str], tmp_pa
     assert "acting_as" in schema["properties"]
     proc = cli(env, "keys", "create", "--json", check=False)
     assert proc.returncode == 1 and "exactly one" in json.loads(proc.stdout)["error"]
+
+
+def test_connectors_list_sources_status_and_worker_once(env: dict[str, str], org: Path) -> None:
+    listed = json.loads(cli(env, "connectors", "list", "--json").stdout)["connectors"]
+    kinds = {c["kind"]: c for c in listed}
+    assert set(kinds) >= {
+        "filesystem",
+        "jsonl",
+        "github",
+        "jira",
+        "confluence",
+        "mediawiki",
+        "markdown_wiki",
+        "google_drive",
+    }
+    assert all("error" not in c for c in listed), listed
+    assert "repositories" in kinds["github"]["config_schema"]["properties"]
+
+    nightly = org / "nightly.yaml"
+    nightly.write_text((org / "drive.yaml").read_text() + 'schedule: "0 3 * * *"\n')
+    cli(env, "sources", "add", str(nightly))
+    status = json.loads(cli(env, "sources", "status", "--json").stdout)["sources"]
+    assert status[0]["schedule"] == "0 3 * * *" and status[0]["next_run"].endswith("03:00:00+00:00")
+    assert status[0]["last_sync"] is None
+    # nothing is due before 03:00: the worker has nothing to do
+    assert json.loads(cli(env, "worker", "--once", "--json").stdout) == {"runs": []}
+    bad = org / "bad.yaml"
+    bad.write_text((org / "drive.yaml").read_text() + "schedule: sometimes\n")
+    proc = cli(env, "sources", "add", str(bad), "--json", check=False)
+    assert proc.returncode == 1 and "bad schedule" in json.loads(proc.stdout)["error"]
