@@ -56,7 +56,7 @@ assert MAX_DOCUMENTS <= CANDIDATES  # every readable chunk can come back at once
 SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 PROPERTY_SETTINGS = settings(
-    max_examples=20,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
