@@ -447,6 +447,9 @@ def main() -> None:
         "exact_search_max_points": planner.EXACT_SEARCH_MAX_POINTS,
         "hnsw_ef_by_selectivity": planner.HNSW_EF_BY_SELECTIVITY,
         "hnsw_m": planner.HNSW_M,
+        "hnsw_ef_construct": planner.HNSW_EF_CONSTRUCT,
+        "hnsw_quantization_int8": planner.HNSW_QUANTIZATION_INT8,
+        "hnsw_rescore_oversampling": planner.HNSW_RESCORE_OVERSAMPLING,
         "hnsw_payload_m": planner.HNSW_PAYLOAD_M,
         "hnsw_linked_min_points": planner.HNSW_LINKED_MIN_POINTS,
     }

@@ -168,26 +168,46 @@ FLOAT_FIELDS = ("updated_at",)
 # - An ACL filter costs ~0.3-0.7 us per admitted point to evaluate, several times the
 #   distance itself, and an *exact* count costs as much as an exact scan (30 ms at 48k
 #   admitted points). So the planner asks the engine's cardinality *estimate* (~0.1 ms),
-#   never an exact count.
-# - An exact scan over E admitted points takes ~0.75 us * E: 15 ms at 19k.
+#   never an exact count. Of that cost the ``must_not acl_deny`` clause is the larger part
+#   (300k points, exact scan p50 at 5 % / 20 %: 12 / 46 ms with it, 5 / 22 ms without).
+# - An exact scan over E admitted points takes ~0.75 us * E: 15 ms at 19k. Scanning int8
+#   vectors instead of f32 saves nothing measurable (300k, 14k admitted: 11.9 vs 12.2 ms
+#   p50): the filter, not the distance, is the cost. So exact scans read the f32 vectors.
 # - Filtered HNSW with the defaults (m=16, ef=256, no ACL links) found 0.49-0.71 of the
 #   true top 10 at 10-20 % selectivity (100k). Links per ACL token (``payload_m``) and a
-#   large ``ef`` fix it: at 5-20 % selectivity ef=512 gave 0.92-0.94, ef=1024 0.985-0.99,
-#   ef=2048 0.993-1.0 (p95 13-18 ms); at 50 % ef=1024 already gave 0.997.
+#   large ``ef`` fix it at 100k, but at 300k m=16 with ef=2048 still gave 0.9735 at 20 %.
+#   m=32 / ef_construct=200 at 300k: ef=1024 gives 0.965-0.976 at 20-30 % (some queries
+#   find none of their top 10: the admitted subgraph is badly connected near them),
+#   ef=2048 gives 0.993-1.0; at 50 % ef=1024 already gives 0.999.
+# - ef=2048 over f32 vectors is too slow (p50 37 ms under load at 300k); over int8 vectors
+#   with the best 2x candidates rescored on f32 it is a third cheaper (p50 25 ms, same
+#   load) at the same recall (0.996). Rescoring only 1x the limit lost recall (0.965-0.971).
+#   Still, ef=2048 costs p95 ~27 ms at 300k and ~50-60 ms at 500k (busy machine): above
+#   the exact-scan threshold the p95 target of 20 ms is not met yet.
 
 #: Exact scan when the filter is estimated to admit at most this many points (p95 of the
 #: scan stays under ~15 ms); HNSW above. Also the size past which the pipeline builds HNSW.
 EXACT_SEARCH_MAX_POINTS = 15_000
 #: HNSW ``ef`` by the share of the index the filter admits: the sparser the admitted points,
 #: the more candidates graph search must visit to find the true top k. (share below, ef)
-HNSW_EF_BY_SELECTIVITY: tuple[tuple[float, int], ...] = ((0.3, 2048), (1.01, 1024))
+#: The share is the engine's *estimate*, which undercounts wide filters (300k points: 0.26
+#: for a true 30 %, 0.39 for a true 50 %). ef=1536 was not enough at 30 % (0.982).
+HNSW_EF_BY_SELECTIVITY: tuple[tuple[float, int], ...] = ((0.33, 2048), (1.01, 1024))
 #: Kept for callers that want one number: the ef of the densest filters.
 HNSW_EF = HNSW_EF_BY_SELECTIVITY[-1][1]
+#: HNSW search walks int8 copies of the vectors (``HNSW_QUANTIZATION_INT8``), then rescores
+#: this many times the limit on the original f32 vectors: returned scores are exact.
+HNSW_RESCORE_OVERSAMPLING = 2.0
 
-#: The HNSW graph, fixed when the index (collection) is created. ``m`` and ``ef_construct``
-#: are Qdrant's defaults (m=32 gave the same recall at half the ef but built 2.5x slower).
-HNSW_M = 16
-HNSW_EF_CONSTRUCT = 100
+#: The HNSW graph, fixed when the index (collection) is created. m=16 / ef_construct=100
+#: (Qdrant's defaults) stopped short of 0.99 recall at 300k with ef up to 2048; m=32 reaches it.
+HNSW_M = 32
+HNSW_EF_CONSTRUCT = 200
+#: Keep an int8 copy of every vector (scalar quantization, 0.99 quantile), in RAM: +25 %
+#: vector memory. HNSW builds and searches over it (300k points, m=32, busy machine: graph
+#: built in 232 s instead of 439 s); the f32 vectors stay the truth for exact scans and rescoring.
+HNSW_QUANTIZATION_INT8 = True
+HNSW_QUANTIZATION_QUANTILE = 0.99
 #: Extra links among the points that share a value of ``HNSW_LINKED_FIELDS`` (Qdrant's
 #: ``payload_m``), so the points one group may read form a connected graph of their own.
 HNSW_PAYLOAD_M = 16
@@ -202,10 +222,13 @@ HNSW_LINKED_MIN_POINTS = 200
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """How the dense part of a search runs: an exact scan, or HNSW with this ``ef``."""
+    """How the dense part of a search runs: an exact scan over the original vectors, or
+    HNSW with this ``ef`` over the quantized ones, rescoring ``rescore_oversampling``
+    times the limit on the originals."""
 
     exact: bool
     hnsw_ef: int | None = None
+    rescore_oversampling: float | None = None
 
 
 def plan_search(estimated_admitted: int, total_points: int, limit: int) -> SearchPlan:
@@ -214,7 +237,9 @@ def plan_search(estimated_admitted: int, total_points: int, limit: int) -> Searc
         return SearchPlan(exact=True)
     share = estimated_admitted / max(1, total_points)
     ef = next((ef for below, ef in HNSW_EF_BY_SELECTIVITY if share < below), HNSW_EF)
-    return SearchPlan(exact=False, hnsw_ef=max(ef, limit))
+    return SearchPlan(
+        exact=False, hnsw_ef=max(ef, limit), rescore_oversampling=HNSW_RESCORE_OVERSAMPLING
+    )
 
 
 def hnsw_full_scan_threshold_kb(dim: int) -> int:

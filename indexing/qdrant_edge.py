@@ -42,6 +42,8 @@ from indexing.index import (
     HNSW_LINKED_FIELDS,
     HNSW_M,
     HNSW_PAYLOAD_M,
+    HNSW_QUANTIZATION_INT8,
+    HNSW_QUANTIZATION_QUANTILE,
     HYBRID_DEPTH,
     KEYWORD_FIELDS,
     KEYWORD_VECTOR,
@@ -50,6 +52,7 @@ from indexing.index import (
     EmbedderIdentity,
     Hit,
     IndexPoint,
+    SearchPlan,
     SparseVector,
     hnsw_full_scan_threshold_kb,
     identity_from_dict,
@@ -133,6 +136,7 @@ class EdgeVectorIndex:
                 full_scan_threshold=hnsw_full_scan_threshold_kb(identity.dim),
                 payload_m=HNSW_PAYLOAD_M,
             ),
+            quantization_config=_quantization(),
         )
         with self._engine_errors():
             shard = qe.EdgeShard.create(str(self._shard_path), config)
@@ -196,7 +200,7 @@ class EdgeVectorIndex:
             admitted = shard.count(qe.CountRequest(exact=False, filter=acl))
             total = shard.count(qe.CountRequest(exact=False))
         plan = plan_search(admitted, total, limit)
-        params = qe.SearchParams(exact=plan.exact, hnsw_ef=plan.hnsw_ef)
+        params = _search_params(plan)
         dense = None if vector is None else qe.Query.Nearest([float(x) for x in vector])
         keyword = (
             None if sparse is None else qe.Query.Nearest(_sparse(sparse), using=KEYWORD_VECTOR)
@@ -405,6 +409,27 @@ def _access(access: AccessFilter) -> qe.Filter:
         qe.FieldCondition("acl_deny", match=qe.MatchAny(access.deny_tokens()))
     ]
     return qe.Filter(must=must, must_not=must_not)
+
+
+def _quantization() -> qe.ScalarQuantizationConfig | None:
+    """The int8 copy HNSW builds and searches over (see ``HNSW_QUANTIZATION_INT8``)."""
+    if not HNSW_QUANTIZATION_INT8:
+        return None
+    return qe.ScalarQuantizationConfig(
+        type=qe.ScalarType.Int8, quantile=HNSW_QUANTIZATION_QUANTILE, always_ram=True
+    )
+
+
+def _search_params(plan: SearchPlan) -> qe.SearchParams:
+    if plan.exact:
+        # The original vectors: an exact scan must be exact (and int8 would not be cheaper).
+        return qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
+    return qe.SearchParams(
+        hnsw_ef=plan.hnsw_ef,
+        quantization=qe.QuantizationSearchParams(
+            rescore=True, oversampling=plan.rescore_oversampling
+        ),
+    )
 
 
 def _sparse(vector: SparseVector) -> qe.SparseVector:

@@ -36,6 +36,8 @@ from indexing.index import (
     HNSW_LINKED_FIELDS,
     HNSW_M,
     HNSW_PAYLOAD_M,
+    HNSW_QUANTIZATION_INT8,
+    HNSW_QUANTIZATION_QUANTILE,
     HYBRID_DEPTH,
     KEYWORD_FIELDS,
     KEYWORD_VECTOR,
@@ -44,6 +46,7 @@ from indexing.index import (
     EmbedderIdentity,
     Hit,
     IndexPoint,
+    SearchPlan,
     SparseVector,
     hnsw_full_scan_threshold_kb,
     identity_from_dict,
@@ -121,6 +124,7 @@ class QdrantServerIndex:
                             full_scan_threshold=hnsw_full_scan_threshold_kb(identity.dim),
                             payload_m=HNSW_PAYLOAD_M,
                         ),
+                        quantization_config=_quantization(),
                         metadata={_METADATA_KEY: identity_to_dict(identity)},
                     )
             except _Conflict:
@@ -186,7 +190,7 @@ class QdrantServerIndex:
                 admitted = self._client.count(self._collection, count_filter=acl, exact=False).count
                 total = self._client.count(self._collection, exact=False).count
             plan = plan_search(admitted, total, limit)
-            params = m.SearchParams(exact=plan.exact, hnsw_ef=plan.hnsw_ef)
+            params = _search_params(plan)
         dense = None if vector is None else [float(x) for x in vector]
         keyword = None if sparse is None else _sparse(sparse)
         with self._errors():
@@ -378,6 +382,29 @@ def _access(access: AccessFilter) -> m.Filter:
         m.FieldCondition(key="acl_deny", match=m.MatchAny(any=access.deny_tokens()))
     ]
     return m.Filter(must=must, must_not=must_not)
+
+
+def _quantization() -> m.ScalarQuantization | None:
+    """The int8 copy HNSW builds and searches over (see ``HNSW_QUANTIZATION_INT8``)."""
+    if not HNSW_QUANTIZATION_INT8:
+        return None
+    return m.ScalarQuantization(
+        scalar=m.ScalarQuantizationConfig(
+            type=m.ScalarType.INT8, quantile=HNSW_QUANTIZATION_QUANTILE, always_ram=True
+        )
+    )
+
+
+def _search_params(plan: SearchPlan) -> m.SearchParams:
+    if plan.exact:
+        # The original vectors: an exact scan must be exact (and int8 would not be cheaper).
+        return m.SearchParams(exact=True, quantization=m.QuantizationSearchParams(ignore=True))
+    return m.SearchParams(
+        hnsw_ef=plan.hnsw_ef,
+        quantization=m.QuantizationSearchParams(
+            rescore=True, oversampling=plan.rescore_oversampling
+        ),
+    )
 
 
 def _sparse(vector: SparseVector) -> m.SparseVector:

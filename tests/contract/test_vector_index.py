@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import qdrant_edge as qe
 from qdrant_client import QdrantClient
-from qdrant_client.models import HnswConfigDiff
+from qdrant_client.models import HnswConfigDiff, ScalarQuantization
 
 from connectors.base import PUBLIC, Acl
 from indexing.errors import IndexingError, IndexLockedError, IndexUnavailableError
@@ -368,6 +368,10 @@ def test_the_planner_scans_small_filters_and_widens_ef_for_sparse_ones() -> None
     assert sparse.hnsw_ef >= dense.hnsw_ef >= HNSW_EF
     # ef never below the number of results asked for.
     assert plan_search(900_000, 1_000_000, 5000).hnsw_ef == 5000
+    # HNSW walks the int8 copies and rescores more than the limit on the originals; an
+    # exact scan reads the originals only.
+    assert sparse.rescore_oversampling is not None and sparse.rescore_oversampling >= 2
+    assert plan_search(limit, 1_000_000, 10).rescore_oversampling is None
 
 
 def _clustered_scenario(n: int, seed: int) -> tuple[list[IndexPoint], list[Acl], np.ndarray]:
@@ -418,8 +422,9 @@ def test_a_selective_filter_over_an_optimized_index_returns_the_exact_top_k(
 def test_edge_and_server_build_the_same_graph(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both create their HNSW graph with the planner's settings (local mode ignores them,
-    so the server's are checked as sent) and filter-aware links for the ACL only."""
+    """Both create their HNSW graph and its int8 vector copies with the planner's settings
+    (local mode ignores them, so the server's are checked as sent) and filter-aware links
+    for the ACL only."""
     with EdgeVectorIndex(tmp_path / "index") as idx:
         idx.ensure(IDENTITY)
     edge = json.loads((tmp_path / "index" / "shard" / "edge_config.json").read_text())
@@ -440,6 +445,9 @@ def test_edge_and_server_build_the_same_graph(
     assert set(sent_hnsw) >= {"m", "ef_construct", "full_scan_threshold", "payload_m"}
     assert sent_hnsw.items() <= edge["hnsw_config"].items()
     assert sent_hnsw["payload_m"] == HNSW_PAYLOAD_M
+    quantization = sent["quantization_config"]
+    assert isinstance(quantization, ScalarQuantization)
+    assert edge["quantization_config"] == quantization.model_dump(mode="json", exclude_none=True)
     raw = qe.EdgeShard.load(str(tmp_path / "index" / "shard"))
     try:
         schema = raw.info().payload_schema
