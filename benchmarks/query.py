@@ -1,5 +1,7 @@
 """Filtered search: does the permission-aware index return what exact search would, and fast?
 
+Section ``context`` measures ``POST /v1/context`` end to end (benchmarks/query_context.py).
+
 Section ``raw`` (the default) measures ``VectorIndex.search`` on the embedded index alone,
 with synthetic data shaped like an organization's chunks:
 
@@ -20,7 +22,7 @@ and how soon an ACL revocation (``set_acl``) takes effect. Target: recall@10 >= 
 p95 <= 20 ms at every selectivity from 1 % to 50 % (at 1M points). Usage:
 
     python benchmarks/query.py [--points 10000,100000] [--selectivities 0.01,0.05,0.2,0.5]
-                               [--queries N] [--section raw] [--json]
+                               [--queries N] [--section raw|context] [--json]
 """
 
 from __future__ import annotations
@@ -432,7 +434,12 @@ def print_table(reports: list[SizeReport]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", choices=["raw"], default="raw")
+    parser.add_argument(
+        "--section",
+        choices=["raw", "context"],
+        default="raw",
+        help="raw: VectorIndex.search alone; context: POST /v1/context end to end",
+    )
     parser.add_argument("--points", default="10000,100000", help="comma-separated sizes")
     parser.add_argument("--selectivities", default="0.01,0.05,0.2,0.5")
     parser.add_argument("--queries", type=int, default=200, help="per (points, selectivity)")
@@ -441,6 +448,9 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(float(x)) for x in args.points.split(",")]
     selectivities = [float(x) for x in args.selectivities.split(",")]
+    if args.section == "context":
+        run_context_section(sizes, selectivities, args.queries, args.json)
+        return
 
     reports = run_raw(sizes, selectivities, args.queries, hybrid=not args.no_hybrid)
     planner_settings = {
@@ -474,6 +484,34 @@ def main() -> None:
         "met" if ok else "NOT met",
         file=sys.stderr,
     )
+
+
+def run_context_section(
+    sizes: list[int], selectivities: list[float], queries_: int, as_json: bool
+) -> None:
+    """``POST /v1/context`` end to end (benchmarks/query_context.py)."""
+    from query_context import run_context
+
+    results = []
+    for n in sizes:
+        rows, extra = run_context(n, selectivities, queries_, seed=7)
+        results.append({"points": n, "rows": [asdict(r) for r in rows], **extra})
+        if not as_json:
+            print(f"{n:>9} points: world built in {extra.get('build_s')} s")
+            for r in rows:
+                print(
+                    f"{'':>9} {r.selectivity:>5.0%} ({r.admitted} admitted): /v1/context "
+                    f"p50 {r.context_p50_ms} ms p95 {r.context_p95_ms} ms · raw search "
+                    f"p50 {r.search_p50_ms} ms p95 {r.search_p95_ms} ms · "
+                    f"{r.items_mean} items, {r.used_tokens_mean} tokens"
+                )
+            print(
+                f"{'':>9} revocation: set_acl {extra.get('revocation_set_acl_ms')} ms, not "
+                f"served by the next request {extra.get('revocation_to_not_served_ms')} ms "
+                f"after it began (gone: {bool(extra.get('revoked_document_gone'))})"
+            )
+    if as_json:
+        print(json.dumps({"section": "context", "sizes": results}, indent=2))
 
 
 if __name__ == "__main__":
