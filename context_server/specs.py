@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from connectors.base import check_principal
+from connectors.secrets import SecretRef
 from context_server.errors import SpecError
 from context_server.schedules import check_schedule
 
@@ -106,9 +107,18 @@ def load_principals_spec(path: Path) -> PrincipalsSpec:
 
 
 def resolve_paths(config_model: type[BaseModel], config: dict[str, Any], base: Path) -> None:
-    """Resolve relative path fields of a connector config against the YAML file's folder."""
+    """Resolve relative path fields of a connector config against the YAML file's folder,
+    including ``{file: PATH}`` credential references (``SecretRef``)."""
     hints = typing.get_type_hints(config_model)
     for name in config_model.model_fields:
         value = config.get(name)
         if hints.get(name) is Path and isinstance(value, str) and not Path(value).is_absolute():
             config[name] = str((base / value).resolve())
+        elif _is_secret_ref(hints.get(name)) and isinstance(value, dict):
+            file = value.get("file")
+            if isinstance(file, str) and not Path(file).is_absolute():
+                config[name] = {**value, "file": str((base / file).resolve())}
+
+
+def _is_secret_ref(hint: Any) -> bool:
+    return hint is SecretRef or SecretRef in typing.get_args(hint)

@@ -43,3 +43,18 @@ def test_missing_secrets_are_clear_errors(tmp_path: Path, monkeypatch: pytest.Mo
     empty.write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
         SecretRef(file=empty).resolve()
+
+
+def test_relative_credential_files_resolve_against_the_source_yaml(tmp_path: Path) -> None:
+    from connectors import registry
+    from context_server.specs import resolve_paths
+
+    model = registry.connector_class("github").config_model
+    config = {"repositories": ["a/b"], "token": {"file": "secrets/gh"}}
+    resolve_paths(model, config, tmp_path)
+    assert config["token"] == {"file": str((tmp_path / "secrets" / "gh").resolve())}
+    drive = registry.connector_class("google_drive").config_model
+    config = {"service_account_key": {"file": "key.json"}, "token": {"env": "X"}}
+    resolve_paths(drive, config, tmp_path)
+    assert config["service_account_key"] == {"file": str(tmp_path / "key.json")}
+    assert config["token"] == {"env": "X"}
