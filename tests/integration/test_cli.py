@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -295,3 +296,35 @@ def test_connectors_list_sources_status_and_worker_once(env: dict[str, str], org
     bad.write_text((org / "drive.yaml").read_text() + "schedule: sometimes\n")
     proc = cli(env, "sources", "add", str(bad), "--json", check=False)
     assert proc.returncode == 1 and "bad schedule" in json.loads(proc.stdout)["error"]
+
+
+@pytest.mark.model
+def test_worker_syncs_due_sources_and_stops_on_sigterm(
+    env: dict[str, str], org: Path, tmp_path: Path
+) -> None:
+    hourly = org / "hourly.yaml"
+    hourly.write_text((org / "drive.yaml").read_text() + "schedule: every 1h\n")
+    cli(env, "sources", "add", str(hourly))
+    log = tmp_path / "worker.log"
+    with (
+        log.open("w") as sink,
+        subprocess.Popen(
+            [str(BIN), "worker"], env=env, stdout=sink, stderr=subprocess.STDOUT, text=True
+        ) as proc,
+    ):
+        home = Path(env["CONTEXT_SERVER_HOME"])
+        deadline = time.monotonic() + 180
+        synced = False
+        while time.monotonic() < deadline and not synced:
+            time.sleep(1)
+            assert proc.poll() is None, log.read_text()
+            # the worker owns the index; read the store directly
+            with sqlite3.connect(home / "store.sqlite3") as db:
+                rows = db.execute("select status from sync_runs").fetchall()
+            synced = rows == [("completed",)]
+        assert synced, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    status = json.loads(cli(env, "sources", "status", "--json").stdout)["sources"][0]
+    assert status["last_sync"]["status"] == "completed"
+    assert status["next_run"] > status["last_sync"]["started_at"]
