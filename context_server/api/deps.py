@@ -52,12 +52,20 @@ def get_caller(
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def require_admin(caller: CallerDep) -> None:
-    if caller.kind != "admin":
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            f"this route is for the server's admin token; {caller.label}'s key may not use it",
-        )
+def require_admin(request: Request, caller: CallerDep) -> None:
+    """The server's admin token, or a user key whose user the policy file lets
+    ``administer`` the ``system`` (``p, group:admins, system, administer``)."""
+    if caller.kind == "admin":
+        return
+    if caller.kind == "user":
+        directory = get_runtime(request).directory
+        if directory.has_policy and directory.permits(caller.subject, "system", "administer"):
+            return
+    raise HTTPException(
+        status.HTTP_403_FORBIDDEN,
+        f"this route is for administrators; {caller.label}'s key may not use it (the policy "
+        "file can let a user administer: 'p, user:NAME, system, administer')",
+    )
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

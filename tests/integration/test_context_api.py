@@ -491,3 +491,17 @@ def test_every_context_request_is_audited_and_the_log_is_append_only(org: Org) -
         conn.execute(text("UPDATE audit_events SET query = 'forged'"))
     with org.runtime.engine.connect() as conn, pytest.raises(Exception, match="append-only"):
         conn.execute(text("DELETE FROM audit_events"))
+
+
+def test_the_policy_file_can_make_a_user_an_administrator(org: Org) -> None:
+    alice, bob = org.key(user="user:alice"), org.key(user="user:bob")
+    assert org.client.get("/v1/keys", headers=bearer(alice)).status_code == 403
+    org.settings.policy_path.write_text(
+        "p, group:admins, system, administer\ng, user:alice, group:admins\n"
+        "p, agent:helpdesk, group:everyone, act_for\np, agent:helpdesk, source:drive, read\n"
+    )
+    assert org.client.get("/v1/keys", headers=bearer(alice)).status_code == 200
+    r = org.client.get("/v1/keys", headers=bearer(bob))
+    assert r.status_code == 403 and "administer" in r.json()["detail"]
+    agent = org.key(agent="helpdesk")
+    assert org.client.get("/v1/audit", headers=bearer(agent)).status_code == 403
