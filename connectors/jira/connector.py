@@ -15,7 +15,8 @@ Deletions
 
 ACLs
     Project role actors (users, groups) may browse the project. An issue with a security
-    level is readable by the level's members only. What cannot be read (roles hidden from
+    level is readable by the level's holders who may also browse the project (groups on
+    one side only are expanded to their members). What cannot be read (roles hidden from
     the API user, an unknown level) fails closed: readable by nobody.
 
 Imports: stdlib, httpx, connectors.*.
@@ -171,6 +172,7 @@ class JiraConnector:
     def _reset(self) -> None:
         """Forget what one sync learned about roles, levels, users and groups."""
         self._projects: dict[str, tuple[str, ...] | None] = {}
+        self._member_cache: dict[str, set[str]] = {}
         self._roles: dict[tuple[str, str], set[str]] = {}
         self._role_fingerprints: dict[str, str] = {}
         self._levels: dict[str, _Level | None] = {}
@@ -348,8 +350,9 @@ class JiraConnector:
         security = fields.get("security")
         if isinstance(security, dict) and security:
             level = self._level(security)
-            if level is None:
-                return Acl()  # an unknown security level: readable by nobody
+            if level is None or browse is None:
+                # an unknown security level, or unknown browsers: readable by nobody
+                return Acl()
             allowed = set(level.principals)
             for role_id in level.roles:
                 if browse is None:
@@ -361,10 +364,37 @@ class JiraConnector:
                     principal = self._user(value.get("accountId"), value.get("emailAddress"))
                     if principal:
                         allowed.add(principal)
-            return Acl.of(allowed)
+            # Jira shows such an issue only to level holders who may also browse the project.
+            return Acl.of(self._both(allowed, set(browse)))
         if browse is None:
             return Acl()  # who may browse the project is unknown: readable by nobody
         return Acl.of(browse)
+
+    def _both(self, level: set[str], browse: set[str]) -> set[str]:
+        """Principals in both sets as far as group memberships tell (read now, once per
+        sync): a group in one set and not the other is expanded to its members. What
+        cannot be told (a group whose members are hidden) grants nothing."""
+        out = level & browse
+        via_groups = set().union(*(self._members(g) for g in browse if g.startswith("group:")))
+        for principal in sorted(level - browse):
+            if principal.startswith("user:"):
+                if principal in via_groups:
+                    out.add(principal)
+                continue
+            out |= {u for u in self._members(principal) if u in browse or u in via_groups}
+        return out
+
+    def _members(self, group: str) -> set[str]:
+        if group not in self._member_cache:
+            ref = self._groups.get(group)
+            members = self.client.group_members(ref) if ref else None
+            users = set()
+            for member in members or []:
+                user = self._user(member.get("accountId"), member.get("emailAddress"))
+                if user:
+                    users.add(user)
+            self._member_cache[group] = users
+        return self._member_cache[group]
 
     # -- issues ---------------------------------------------------------------------------
 

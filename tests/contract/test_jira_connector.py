@@ -436,6 +436,8 @@ class TestJiraContract(ConnectorContract):
 
     def restrict(self, name: str, principal: str) -> Any:
         account = principal.split(":", 1)[1]
+        # a level holder reads the issue only if they may also browse the project
+        self.fake.roles["ENG"]["Developers"][1].append(self.fake.actor(principal))
         self.fake.set_level("10100", [{"type": "user", "parameter": account, "value": account}])
         self.fake.update(self.ids[name], security=self.fake.security("10100"))
         return self.connector()
@@ -681,22 +683,28 @@ def test_hidden_roles_fail_closed_unless_configured() -> None:
     assert upserts(run(mapped, None)[0])[issue].acl == Acl.of(["group:engineering"])
 
 
-def test_security_level_members_replace_the_project_acl() -> None:
+def test_a_security_level_narrows_to_its_holders_who_may_browse() -> None:
     fake = FakeJira()
     fake.set_level(
         "10100", [m["holder"] for m in fixture("level_members.json")["values"]], name="Security"
     )
     fake.set_level("10200", [{"type": "projectRole", "parameter": "10002", "value": "10002"}])
+    # Browsers of ENG: group:jira-developers, user:alice, user:admin. A holder reads the
+    # issue only if they browse too: directly, or through a group on either side.
+    fake.roles["ENG"]["Developers"][1].append(fake.actor("user:5b10ac8d82e05b22cc7d4ef5"))
+    fake.groups["jira-developers"][1].append("5b10a2844c20165700ede21g")  # the reporter
+    fake.groups["security-team"] = ("3dd4c7a4-5bc8-4a50-a2c3-01b2d4dd5a47", ["alice", "mallory"])
     secret = fake.add("secret", "x", security=fake.security("10100"))
     admins = fake.add("admins", "y", security=fake.security("10200"))
     docs = upserts(run(make(fake), None)[0])
     assert docs[secret].acl == Acl.of(
         [
-            "group:jira-security-team",
-            "user:5b10ac8d82e05b22cc7d4ef5",
-            "user:5b10a2844c20165700ede21g",  # the reporter holder
+            "user:5b10ac8d82e05b22cc7d4ef5",  # a user holder who is a role actor
+            "user:5b10a2844c20165700ede21g",  # the reporter holder, a developer by group
+            "user:alice",  # in the holder group security-team, and a role actor
         ]
     )
+    assert not docs[secret].acl.grants({"user:mallory", "group:jira-security-team"})
     assert docs[admins].acl == Acl.of(["user:admin"])
 
 
@@ -707,8 +715,9 @@ def test_an_unknown_security_level_is_readable_by_nobody_unless_mapped() -> None
     issue = fake.add("salaries", "x", security=fake.security("10300"))
     doc = upserts(run(make(fake), None)[0])[issue]
     assert doc.acl == Acl()
-    mapped = make(fake, security_levels={"HR": ["group:hr"]})
-    assert upserts(run(mapped, None)[0])[issue].acl == Acl.of(["group:hr"])
+    developers = "group:jira-jira-developers"  # the Jira group jira-developers, a browser
+    mapped = make(fake, security_levels={"HR": [developers]})
+    assert upserts(run(mapped, None)[0])[issue].acl == Acl.of([developers])
 
 
 def test_a_role_change_alone_updates_acls_without_changing_hashes() -> None:
@@ -730,6 +739,7 @@ def test_a_role_change_alone_updates_acls_without_changing_hashes() -> None:
 def test_a_security_level_change_relists_its_issues() -> None:
     fake = FakeJira()
     fake.set_level("10100", [{"type": "user", "parameter": "amy", "value": "amy"}])
+    fake.groups["jira-developers"][1].extend(["amy", "zoe"])  # both may browse ENG
     issue = fake.add("s", "x", security=fake.security("10100"))
     _, checkpoint = run(make(fake), None)
     fake.clock += timedelta(hours=2)
@@ -860,9 +870,16 @@ def test_cli_syncs_a_local_jira_and_searches_with_acls(tmp_path: Path, httpserve
     from werkzeug import Request, Response
 
     fake = FakeJira(base=httpserver.url_for("").rstrip("/"))
-    fake.groups["jira-developers"] = ("gid-jira-developers", ["bob"])
+    fake.groups["jira-developers"] = ("gid-jira-developers", ["bob", "carol"])
     fake.add("Payroll export fails", "The payroll export to the bank fails every Friday night.")
-    fake.set_level("10100", [{"type": "user", "parameter": "carol", "value": "carol"}])
+    # carol holds the level and browses ENG (a developer); erin holds it but may not browse
+    fake.set_level(
+        "10100",
+        [
+            {"type": "user", "parameter": "carol", "value": "carol"},
+            {"type": "user", "parameter": "erin", "value": "erin"},
+        ],
+    )
     fake.add(
         "Office plants", "Water the office plants on Mondays.", security=fake.security("10100")
     )
@@ -913,3 +930,4 @@ def test_cli_syncs_a_local_jira_and_searches_with_acls(tmp_path: Path, httpserve
     assert payroll not in titles("payroll export bank", "user:dave")
     assert "ENG-2: Office plants" in titles("office plants", "user:carol")
     assert "ENG-2: Office plants" not in titles("office plants", "user:alice")
+    assert "ENG-2: Office plants" not in titles("office plants", "user:erin")
