@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PRINCIPAL_RE = re.compile(r"^(user|group):[A-Za-z0-9][A-Za-z0-9._@+\-]*$")
 
@@ -109,6 +109,26 @@ class Acl(BaseModel):
         """Reference semantics of the index filter, for tests and checks."""
         held = set(principals) | {PUBLIC}
         return bool(held & set(self.allow_tokens())) and not (held & set(self.deny))
+
+
+class AclSpec(BaseModel):
+    """An ACL as a config file writes it: ``allow`` mixes users and groups, ``deny`` wins
+    over ``allow``, ``public`` opens it to everyone. Shared by connectors whose ACLs come
+    from configuration (jsonl, markdown_wiki)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: list[str] = Field(default_factory=list, description="Principals granted read access.")
+    deny: list[str] = Field(default_factory=list, description="Principals refused, always.")
+    public: bool = Field(default=False, description="Readable by every principal.")
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _principals(cls, v: list[str]) -> list[str]:
+        return [check_principal(p) for p in v]
+
+    def to_acl(self) -> Acl:
+        return Acl.of(self.allow, self.deny, public=self.public)
 
 
 @dataclass(frozen=True)

@@ -9,27 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from connectors.base import Acl, ConnectorConfig, check_principal
-
-
-class JsonlAcl(BaseModel):
-    """Who may read: ``allow`` and ``deny`` list principals; ``deny`` wins over ``allow``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    allow: list[str] = Field(default_factory=list, description="Principals granted read access.")
-    deny: list[str] = Field(default_factory=list, description="Principals refused, always.")
-    public: bool = Field(default=False, description="Readable by every principal.")
-
-    @field_validator("allow", "deny")
-    @classmethod
-    def _principals(cls, v: list[str]) -> list[str]:
-        return [check_principal(p) for p in v]
-
-    def to_acl(self) -> Acl:
-        return Acl.of(self.allow, self.deny, public=self.public)
+from connectors.base import AclSpec, ConnectorConfig
 
 
 class JsonlConfig(ConnectorConfig):
@@ -47,7 +29,7 @@ class JsonlConfig(ConnectorConfig):
         default=None,
         description="A document's URL, '{id}' replaced by its id, e.g. https://x/{id}.",
     )
-    acl: JsonlAcl = Field(description="Who may read every document (required).")
+    acl: AclSpec = Field(description="Who may read every document (required).")
     acl_field: str | None = Field(
         default=None,
         description="Field of a per-line {allow, deny, public} object that replaces `acl`.",

@@ -20,9 +20,19 @@ from urllib.parse import quote
 
 from pydantic import Field, ValidationError
 
-from connectors.base import Acl, Change, Checkpoint, Delete, DocRef, Failure, SourceDocument, Upsert
+from connectors.base import (
+    Acl,
+    AclSpec,
+    Change,
+    Checkpoint,
+    Delete,
+    DocRef,
+    Failure,
+    SourceDocument,
+    Upsert,
+)
 from connectors.errors import ConfigError
-from connectors.jsonl.config import JsonlAcl, JsonlConfig
+from connectors.jsonl.config import JsonlConfig
 
 _BOM = b"\xef\xbb\xbf"
 _TEXT_SEPARATOR = "\n\n"
@@ -132,7 +142,7 @@ class JsonlConnector:
         acl = self.acl
         if self.config.acl_field is not None and obj.get(self.config.acl_field) is not None:
             try:
-                acl = JsonlAcl.model_validate(obj[self.config.acl_field]).to_acl()
+                acl = AclSpec.model_validate(obj[self.config.acl_field]).to_acl()
             except ValidationError as exc:
                 # Never fall back to the source-wide ACL: it may be wider than the line's.
                 return bad(f"bad {self.config.acl_field!r}: {_errors(exc)}")

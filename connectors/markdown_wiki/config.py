@@ -12,31 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from connectors.base import Acl, ConnectorConfig, check_principal
+from connectors.base import AclSpec, ConnectorConfig, check_principal
 from connectors.filesystem.config import AclRule
 from connectors.globs import compile_glob
 
-__all__ = ["AclRule", "DefaultAcl", "MarkdownWikiConfig"]
-
-
-class DefaultAcl(BaseModel):
-    """Who may read a page no rule matches. ``deny`` wins over ``allow``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    allow: list[str] = Field(default_factory=list, description="Principals granted read access.")
-    deny: list[str] = Field(default_factory=list, description="Principals refused, always.")
-    public: bool = Field(default=False, description="Readable by every principal.")
-
-    @field_validator("allow", "deny")
-    @classmethod
-    def _principals(cls, v: list[str]) -> list[str]:
-        return [check_principal(p) for p in v]
-
-    def to_acl(self) -> Acl:
-        return Acl.of(self.allow, self.deny, public=self.public)
+__all__ = ["AclRule", "AclSpec", "MarkdownWikiConfig"]
 
 
 class MarkdownWikiConfig(ConnectorConfig):
@@ -61,7 +43,7 @@ class MarkdownWikiConfig(ConnectorConfig):
         default_factory=list,
         description="Ordered; the first matching glob wins; no match → `default_acl`.",
     )
-    default_acl: DefaultAcl | None = Field(
+    default_acl: AclSpec | None = Field(
         default=None,
         description="ACL of a page no rule matches; unset → readable by nobody.",
     )

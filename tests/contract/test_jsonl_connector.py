@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from connectors import registry
-from connectors.base import Acl
+from connectors.base import Acl, AclSpec
 from connectors.errors import ConfigError
-from connectors.jsonl.config import JsonlAcl, JsonlConfig
+from connectors.jsonl.config import JsonlConfig
 from connectors.jsonl.connector import JsonlConnector
 from tests.contract.connector_contract import ConnectorContract, deletes, failures, run, upserts
 
@@ -33,9 +33,7 @@ class TestJsonlContract(ConnectorContract):
         _write(self.path, list(self.lines.values()))
 
     def connector(self) -> Any:
-        config = JsonlConfig(
-            path=self.path, acl=JsonlAcl(allow=["group:everyone"]), acl_field="acl"
-        )
+        config = JsonlConfig(path=self.path, acl=AclSpec(allow=["group:everyone"]), acl_field="acl")
         return JsonlConnector(config)
 
     def external_id(self, name: str) -> str:
@@ -64,7 +62,7 @@ class TestJsonlContract(ConnectorContract):
 
 
 def _connector(path: Path, **config: Any) -> JsonlConnector:
-    return JsonlConnector(JsonlConfig(path=path, acl=JsonlAcl(allow=["group:staff"]), **config))
+    return JsonlConnector(JsonlConfig(path=path, acl=AclSpec(allow=["group:staff"]), **config))
 
 
 def test_the_kind_is_registered() -> None:
@@ -174,7 +172,7 @@ def test_bad_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         JsonlConfig.model_validate({"path": "x.jsonl"})  # the ACL is required
     with pytest.raises(ValueError):
-        JsonlAcl(allow=["finance"])
+        AclSpec(allow=["finance"])
     with pytest.raises(ValueError):
         JsonlConfig.model_validate({"path": "x.jsonl", "acl": {}, "text_fields": []})
 
