@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from context_server.durations import parse_duration
 from context_server.errors import SpecError
-from context_server.store.models import AuditEvent
+from context_server.store.models import AuditEvent, as_utc
 
 _BATCH = 1000
 
@@ -37,7 +37,7 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
 
 
 def event_json(event: AuditEvent) -> dict[str, object]:
-    at = event.at if event.at.tzinfo else event.at.replace(tzinfo=UTC)
+    at = as_utc(event.at)
     return {
         "id": event.id,
         "at": at.isoformat(),

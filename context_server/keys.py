@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from connectors.base import check_principal
 from context_server.errors import NotFoundError, SpecError
-from context_server.store.models import ApiKey
+from context_server.store.models import ApiKey, as_utc
 
 PREFIX = "csk"
 KeyKind = Literal["agent", "user"]
@@ -113,9 +113,7 @@ def authenticate(session: Session, token: str) -> Caller | None:
         return None
     now = datetime.now(UTC)
     last = row.last_used_at
-    if last is not None and last.tzinfo is None:  # SQLite returns naive datetimes
-        last = last.replace(tzinfo=UTC)
-    if last is None or now - last > LAST_USED_RESOLUTION:
+    if last is None or now - as_utc(last) > LAST_USED_RESOLUTION:
         row.last_used_at = now
         session.commit()
     kind: Literal["agent", "user"] = "agent" if row.kind == "agent" else "user"

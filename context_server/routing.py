@@ -22,9 +22,8 @@
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +35,7 @@ from connectors.base import Acl, check_principal
 from context_server.agents import MAX_BUDGET_TOKENS, Agent, spec_json
 from context_server.errors import ForbiddenError, NotFoundError, SpecError
 from context_server.keys import Caller
+from context_server.packing import Shingles, pack, shingles
 from context_server.runtime import Runtime
 from context_server.store.models import (
     AgentVersion,
@@ -45,27 +45,17 @@ from context_server.store.models import (
     Chunk,
     Document,
     Source,
+    as_utc,
 )
 from indexing.index import AccessFilter, Hit
+from policies.access import Directory
 
 #: Candidates fetched from the index before de-duplication and packing.
 CANDIDATES = 50
-#: Two passages sharing at least this fraction of their word 4-grams are one passage.
-NEAR_DUPLICATE_JACCARD = 0.8
-_SHINGLE = 4
-_WORD_RE = re.compile(r"\w+")
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every time we store is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _iso(value: datetime | None) -> str | None:
-    value = aware(value)
-    return value.isoformat() if value else None
+    return as_utc(value).isoformat() if value else None
 
 
 @dataclass(frozen=True)
@@ -102,12 +92,26 @@ class Scope:
 
     def can_read(self, acl: Acl) -> bool:
         """The store-side twin of ``access()``'s ACL part."""
-        mode = self.agent.spec.acting_as
+        return reads(self.agent.spec.acting_as, self.user, self.agent_principals)(acl)
+
+
+def reads(mode: str, user: frozenset[str], agent: frozenset[str]) -> Callable[[Acl], bool]:
+    """Whether an ACL lets a request read, by ``acting_as``: the user's principals, the
+    agent's own, or both."""
+
+    def readable(acl: Acl) -> bool:
         if mode == "as_agent":
-            return acl.grants(self.agent_principals)
+            return acl.grants(agent)
         if mode == "intersection":
-            return acl.grants(self.user) and acl.grants(self.agent_principals)
-        return acl.grants(self.user)
+            return acl.grants(user) and acl.grants(agent)
+        return acl.grants(user)
+
+    return readable
+
+
+def agent_closure(directory: Directory, name: str, principals: Iterable[str]) -> frozenset[str]:
+    """``agent:<name>`` and the agent's declared principals, with their groups."""
+    return frozenset().union(*(directory.principals_for(p) for p in (f"agent:{name}", *principals)))
 
 
 @dataclass
@@ -116,37 +120,7 @@ class _Candidate:
     document: Document
     chunk: Chunk
     tokens: int
-    shingles: frozenset[tuple[str, ...]] = field(default_factory=frozenset)
-
-
-def shingles(text: str) -> frozenset[tuple[str, ...]]:
-    words = [w.lower() for w in _WORD_RE.findall(text)]
-    if len(words) < _SHINGLE:
-        return frozenset([tuple(words)]) if words else frozenset()
-    return frozenset(tuple(words[i : i + _SHINGLE]) for i in range(len(words) - _SHINGLE + 1))
-
-
-def jaccard(a: frozenset[tuple[str, ...]], b: frozenset[tuple[str, ...]]) -> float:
-    if not a or not b:
-        return 1.0 if a == b else 0.0
-    return len(a & b) / len(a | b)
-
-
-def pack(candidates: Sequence[_Candidate], budget: int) -> tuple[list[_Candidate], int]:
-    """Near-duplicates out (the better-scored copy stays), then greedy by score into the
-    budget: an item that does not fit is skipped and smaller ones after it may still fit."""
-    kept: list[_Candidate] = []
-    duplicates = 0
-    used = 0
-    for candidate in candidates:
-        if any(jaccard(candidate.shingles, k.shingles) >= NEAR_DUPLICATE_JACCARD for k in kept):
-            duplicates += 1
-            continue
-        if used + candidate.tokens > budget:
-            continue
-        kept.append(candidate)
-        used += candidate.tokens
-    return kept, duplicates
+    shingles: Shingles = field(default_factory=frozenset)
 
 
 class ContextRouter:
@@ -209,21 +183,19 @@ class ContextRouter:
             raise ForbiddenError(f"policy allows agent {spec.name!r} to read none of its sources")
         agent_principals: frozenset[str] = frozenset()
         if spec.acting_as != "on_behalf_of":
-            agent_principals = frozenset().union(
-                *(directory.principals_for(p) for p in (me, *spec.principals))
-            )
+            agent_principals = agent_closure(directory, spec.name, spec.principals)
         updated_after = filters.updated_after
         max_age = spec.max_age_delta()
         if max_age is not None:
             limit = datetime.now(UTC) - max_age
-            updated_after = max(limit, aware(updated_after) or limit)
+            updated_after = max(limit, as_utc(updated_after) if updated_after else limit)
         return Scope(
             agent=agent,
             on_behalf_of=on_behalf_of,
             user=user,
             agent_principals=agent_principals,
             sources=tuple(allowed),
-            updated_after=aware(updated_after),
+            updated_after=as_utc(updated_after) if updated_after else None,
         )
 
     # -- context --------------------------------------------------------------------------
@@ -431,23 +403,10 @@ class ContextRouter:
         resolved again from the current memberships."""
         directory = self.runtime.directory
         user = directory.principals_for(bundle.on_behalf_of) if bundle.on_behalf_of else frozenset()
-        agent_names = [f"agent:{bundle.agent}"]
         version = session.get(AgentVersion, bundle.agent_version)
-        if version is not None:
-            agent_names += list(version.spec.get("principals", []))
-        agent: frozenset[str] = frozenset().union(
-            *(directory.principals_for(p) for p in agent_names)
-        )
-        mode = bundle.acting_as
-
-        def readable(acl: Acl) -> bool:
-            if mode == "as_agent":
-                return acl.grants(agent)
-            if mode == "intersection":
-                return acl.grants(user) and acl.grants(agent)
-            return acl.grants(user)
-
-        return readable
+        declared = list(version.spec.get("principals", [])) if version is not None else []
+        agent = agent_closure(directory, bundle.agent, declared)
+        return reads(bundle.acting_as, user, agent)
 
     # -- documents ------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from context_server.store.models import (
     Source,
     SyncFailure,
     SyncRun,
+    as_utc,
 )
 from context_server.store.sync_store import SqlSyncStore
 from indexing.embed import Embedder, MiniLMEmbedder
@@ -298,8 +299,8 @@ class Runtime:
                 if source.schedule:
                     due = next_run(
                         source.schedule,
-                        _aware(run.started_at) if run else None,
-                        _aware(source.created_at),
+                        as_utc(run.started_at) if run else None,
+                        as_utc(source.created_at),
                     )
                 out.append(
                     SourceInfo(
@@ -572,11 +573,6 @@ class Runtime:
 
 def _missing(name: str) -> NotFoundError:
     return NotFoundError(f"no source named {name!r} (add one with `sources add FILE.yaml`)")
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time we store is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _run_json(run: SyncRun) -> dict[str, Any]:
