@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,8 +35,6 @@ import httpx
 from pydantic import Field
 
 from connectors.base import (
-    PRINCIPAL_RE,
-    Acl,
     Change,
     Checkpoint,
     Delete,
@@ -48,6 +44,10 @@ from connectors.base import (
     Upsert,
 )
 from connectors.errors import ConfigError, CredentialError, SourceError
+from connectors.jira.access import (
+    JiraAccess,
+    name_of,
+)
 from connectors.jira.adf import to_markdown
 from connectors.jira.client import JiraClient, JsonObject
 from connectors.jira.config import JiraConfig
@@ -73,7 +73,6 @@ ID_PAGE_SIZE = 5000
 #: Issues whose read failed are retried by id; past this many the cursor holds instead.
 MAX_RETRY_IDS = 500
 JQL_TIME = "%Y/%m/%d %H:%M"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._@+\-]+")
 
 
 class JiraCheckpoint(Checkpoint):
@@ -97,17 +96,6 @@ class JiraCheckpoint(Checkpoint):
     )
 
 
-def account_slug(account_id: str) -> str:
-    """An accountId as a principal name (``557058:f5…`` has a ':' a principal may not)."""
-    return _UNSAFE.sub("_", account_id).lstrip("._@+-") or "unknown"
-
-
-def group_principal(name: str) -> str:
-    """``Jira Software Users`` → ``group:jira-jira-software-users``."""
-    slug = _UNSAFE.sub("-", name.strip().lower()).strip("-._@+") or "unnamed"
-    return f"group:jira-{slug}"
-
-
 def parse_time(value: object) -> datetime | None:
     """Jira's ``2024-01-15T10:30:00.000+0000`` (or ISO) as an aware UTC datetime."""
     if not isinstance(value, str) or not value:
@@ -121,34 +109,12 @@ def parse_time(value: object) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def _fingerprint(value: object) -> str:
-    data = json.dumps(value, sort_keys=True, default=str).encode()
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-def _name(value: object, key: str = "name") -> str:
-    if isinstance(value, dict):
-        got = value.get(key)
-        return got if isinstance(got, str) else ""
-    return ""
-
-
 def _reader(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
 
 def _jql_list(values: Iterable[str], quote: bool = False) -> str:
     return ", ".join(json.dumps(v) if quote else v for v in sorted(values))
-
-
-@dataclass
-class _Level:
-    """An issue security level's holders: fixed principals plus per-issue ones."""
-
-    principals: set[str] = field(default_factory=set)
-    roles: set[str] = field(default_factory=set)  # project role ids
-    reporter: bool = False
-    assignee: bool = False
 
 
 class JiraConnector:
@@ -171,15 +137,7 @@ class JiraConnector:
 
     def _reset(self) -> None:
         """Forget what one sync learned about roles, levels, users and groups."""
-        self._projects: dict[str, tuple[str, ...] | None] = {}
-        self._member_cache: dict[str, set[str]] = {}
-        self._roles: dict[tuple[str, str], set[str]] = {}
-        self._role_fingerprints: dict[str, str] = {}
-        self._levels: dict[str, _Level | None] = {}
-        self._level_fingerprints: dict[str, str] = {}
-        self._level_names: dict[str, str] = {}
-        self._emails: dict[str, str | None] = {}
-        self._groups: dict[str, JsonObject] = {}  # principal → {name, groupId}
+        self.access = JiraAccess(self.config, lambda: self.client)
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -220,184 +178,6 @@ class JiraConnector:
                     f"Jira project {key} does not exist or is not visible to this account"
                 )
 
-    # -- principals -----------------------------------------------------------------------
-
-    def _user(self, account_id: object, email: object = None) -> str | None:
-        if not isinstance(account_id, str) or not account_id:
-            return None
-        if self.config.user_principal == "account_id":
-            return "user:" + account_slug(account_id)
-        if not isinstance(email, str) or not email:
-            if account_id not in self._emails:
-                found = self.client.user(account_id) or {}
-                address = found.get("emailAddress")
-                self._emails[account_id] = address if isinstance(address, str) else None
-            email = self._emails[account_id]
-        if not isinstance(email, str) or not email:
-            return None  # the address is hidden: this user grants nothing (fail closed)
-        principal = "user:" + email.strip().lower()
-        return principal if PRINCIPAL_RE.match(principal) else None
-
-    def _group(self, name: object, group_id: object = None) -> str | None:
-        if not isinstance(name, str) or not name:
-            return None
-        principal = group_principal(name)
-        self._groups.setdefault(principal, {"name": name, "groupId": group_id or None})
-        return principal
-
-    def _actor(self, actor: JsonObject) -> str | None:
-        if actor.get("type") == "atlassian-user-role-actor":
-            user = actor.get("actorUser") or {}
-            return self._user(user.get("accountId") if isinstance(user, dict) else None)
-        if actor.get("type") == "atlassian-group-role-actor":
-            group = actor.get("actorGroup")
-            if isinstance(group, dict):
-                return self._group(group.get("name"), group.get("groupId"))
-            return self._group(actor.get("name"))
-        return None
-
-    # -- project and level ACLs -------------------------------------------------------------
-
-    def _project(self, key: str) -> tuple[str, ...] | None:
-        """Principals who may browse ``key``; ``None`` when we cannot tell."""
-        if key in self._projects:
-            return self._projects[key]
-        principals: tuple[str, ...] | None
-        if key in self.config.project_acls:
-            principals = tuple(sorted(set(self.config.project_acls[key])))
-        else:
-            principals = self._project_roles(key)
-        self._projects[key] = principals
-        self._role_fingerprints[key] = _fingerprint(principals)
-        return principals
-
-    def _project_roles(self, key: str) -> tuple[str, ...] | None:
-        roles = self.client.roles(key)
-        if roles is None:
-            return None
-        browse = self.config.browse_roles
-        allowed: set[str] = set()
-        for name, role_id in sorted(roles.items()):
-            actors = self.client.role_actors(key, role_id)
-            if actors is None:
-                return None  # one role hidden: the set is incomplete, so nobody (fail closed)
-            members = {p for p in (self._actor(a) for a in actors) if p}
-            self._roles[(key, role_id)] = members
-            if browse is None or name in browse:
-                allowed |= members
-        return tuple(sorted(allowed))
-
-    def _level(self, security: JsonObject) -> _Level | None:
-        level_id = str(security.get("id", ""))
-        if _name(security):
-            self._level_names[level_id] = _name(security)
-        if level_id in self._levels:
-            return self._levels[level_id]
-        mapped = self.config.security_levels
-        level: _Level | None
-        name = self._level_names.get(level_id, "")
-        if level_id in mapped or name in mapped:
-            principals = mapped.get(level_id, mapped.get(name, []))
-            level = _Level(principals=set(principals))
-            self._level_fingerprints[level_id] = _fingerprint(sorted(principals))
-        else:
-            holders = self.client.level_members(level_id) if level_id else None
-            level = None if holders is None else self._holders(holders)
-            self._level_fingerprints[level_id] = _fingerprint(
-                None if holders is None else sorted(_fingerprint(h.get("holder")) for h in holders)
-            )
-        self._levels[level_id] = level
-        return level
-
-    def _holders(self, members: list[JsonObject]) -> _Level:
-        level = _Level()
-        for member in members:
-            holder = member.get("holder")
-            if not isinstance(holder, dict):
-                continue
-            kind = holder.get("type")
-            parameter = holder.get("parameter") or holder.get("value")
-            if kind == "user":
-                user = holder.get("user") if isinstance(holder.get("user"), dict) else {}
-                assert isinstance(user, dict)
-                principal = self._user(user.get("accountId") or parameter, user.get("emailAddress"))
-            elif kind == "group":
-                group = holder.get("group") if isinstance(holder.get("group"), dict) else {}
-                assert isinstance(group, dict)
-                principal = self._group(
-                    group.get("name") or holder.get("parameter"),
-                    group.get("groupId") or holder.get("value"),
-                )
-            elif kind == "projectRole" and parameter is not None:
-                level.roles.add(str(parameter))
-                continue
-            elif kind == "reporter":
-                level.reporter = True
-                continue
-            elif kind == "assignee":
-                level.assignee = True
-                continue
-            else:
-                # applicationRole, anyone, custom fields, lead…: not mapped, so narrower.
-                continue
-            if principal:
-                level.principals.add(principal)
-        return level
-
-    def _acl(self, fields: JsonObject) -> Acl:
-        project = _name(fields.get("project"), "key")
-        browse = self._project(project) if project else None
-        security = fields.get("security")
-        if isinstance(security, dict) and security:
-            level = self._level(security)
-            if level is None or browse is None:
-                # an unknown security level, or unknown browsers: readable by nobody
-                return Acl()
-            allowed = set(level.principals)
-            for role_id in level.roles:
-                if browse is None:
-                    continue  # the project's roles are hidden: nobody through them
-                allowed |= self._roles.get((project, role_id), set())
-            for person, wanted in (("reporter", level.reporter), ("assignee", level.assignee)):
-                value = fields.get(person)
-                if wanted and isinstance(value, dict):
-                    principal = self._user(value.get("accountId"), value.get("emailAddress"))
-                    if principal:
-                        allowed.add(principal)
-            # Jira shows such an issue only to level holders who may also browse the project.
-            return Acl.of(self._both(allowed, set(browse)))
-        if browse is None:
-            return Acl()  # who may browse the project is unknown: readable by nobody
-        return Acl.of(browse)
-
-    def _both(self, level: set[str], browse: set[str]) -> set[str]:
-        """Principals in both sets as far as group memberships tell (read now, once per
-        sync): a group in one set and not the other is expanded to its members. What
-        cannot be told (a group whose members are hidden) grants nothing."""
-        out = level & browse
-        via_groups = set().union(*(self._members(g) for g in browse if g.startswith("group:")))
-        for principal in sorted(level - browse):
-            if principal.startswith("user:"):
-                if principal in via_groups:
-                    out.add(principal)
-                continue
-            out |= {u for u in self._members(principal) if u in browse or u in via_groups}
-        return out
-
-    def _members(self, group: str) -> set[str]:
-        if group not in self._member_cache:
-            ref = self._groups.get(group)
-            members = self.client.group_members(ref) if ref else None
-            users = set()
-            for member in members or []:
-                user = self._user(member.get("accountId"), member.get("emailAddress"))
-                if user:
-                    users.add(user)
-            self._member_cache[group] = users
-        return self._member_cache[group]
-
-    # -- issues ---------------------------------------------------------------------------
-
     def _scope(self) -> str:
         clauses = []
         if self.config.projects:
@@ -431,7 +211,7 @@ class JiraConnector:
             if not text:
                 continue
             author = comment.get("author")
-            who = _name(author, "displayName") or _name(author, "accountId") or "Unknown"
+            who = name_of(author, "displayName") or name_of(author, "accountId") or "Unknown"
             when = parse_time(comment.get("created"))
             heading = f"### {who}" + (f", {when.date().isoformat()}" if when else "")
             shown.append(f"{heading}\n\n{text}")
@@ -455,16 +235,16 @@ class JiraConnector:
         labels = fields.get("labels")
         metadata = {
             "key": key,
-            "project": _name(fields.get("project"), "key"),
-            "status": _name(fields.get("status")),
-            "issuetype": _name(fields.get("issuetype")),
-            "priority": _name(fields.get("priority")),
+            "project": name_of(fields.get("project"), "key"),
+            "status": name_of(fields.get("status")),
+            "issuetype": name_of(fields.get("issuetype")),
+            "priority": name_of(fields.get("priority")),
             "labels": ", ".join(str(x) for x in labels) if isinstance(labels, list) else "",
-            "assignee": _name(fields.get("assignee"), "displayName"),
+            "assignee": name_of(fields.get("assignee"), "displayName"),
         }
         metadata = {k: v for k, v in metadata.items() if v}
         person = fields.get("reporter") or fields.get("creator")
-        author = _name(person, "displayName") or _name(person, "accountId") or None
+        author = name_of(person, "displayName") or name_of(person, "accountId") or None
         url = f"{self.config.browse_url}/browse/{key}"
         data = text.encode("utf-8")
         # Everything shown or stored with the document except its ACL: an ACL-only change
@@ -476,7 +256,7 @@ class JiraConnector:
         return SourceDocument(
             external_id=issue_id,
             title=title,
-            acl=self._acl(fields),
+            acl=self.access.acl(fields),
             content_hash="sha256:" + digest,
             read=_reader(data),
             filename=f"{key}.md",
@@ -517,13 +297,13 @@ class JiraConnector:
         """Projects and levels whose ACL changed since the checkpoint."""
         projects = set()
         for key, before in since.project_acls.items():
-            self._project(key)
-            if self._role_fingerprints[key] != before:
+            self.access.project(key)
+            if self.access.role_fingerprints[key] != before:
                 projects.add(key)
         levels = set()
         for level_id, before in since.level_acls.items():
-            self._level({"id": level_id, "name": since.level_names.get(level_id, "")})
-            if self._level_fingerprints[level_id] != before:
+            self.access.level({"id": level_id, "name": since.level_names.get(level_id, "")})
+            if self.access.level_fingerprints[level_id] != before:
                 levels.add(level_id)
         return projects, levels
 
@@ -595,9 +375,9 @@ class JiraConnector:
             cursor=cursor,
             issues=issues,
             retry=retry,
-            project_acls={k: v for k, v in self._role_fingerprints.items() if k in keys},
-            level_acls=dict(self._level_fingerprints),
-            level_names=dict(self._level_names),
+            project_acls={k: v for k, v in self.access.role_fingerprints.items() if k in keys},
+            level_acls=dict(self.access.level_fingerprints),
+            level_names=dict(self.access.level_names),
         )
 
     def list_ids(self) -> Iterator[DocRef]:
@@ -610,20 +390,15 @@ class JiraConnector:
             yield DocRef(
                 str(issue["id"]),
                 version if isinstance(version, str) else None,
-                self._acl(fields),
+                self.access.acl(fields),
             )
 
     def memberships(self) -> Iterator[tuple[str, str]]:
         """Members of every Jira group that an ACL of the last sync named (and of those
         in the configured projects' roles): ``(user:…, group:jira-…)``."""
         for key in self.config.projects:
-            self._project(key)
-        for principal, group in sorted(self._groups.items()):
-            members = self.client.group_members(group)
-            for member in members or []:
-                user = self._user(member.get("accountId"), member.get("emailAddress"))
-                if user:
-                    yield user, principal
+            self.access.project(key)
+        yield from self.access.memberships()
 
     def close(self) -> None:
         if self._client is not None:

@@ -31,9 +31,10 @@ from pydantic import ValidationError
 from connectors import registry
 from connectors.base import Acl
 from connectors.errors import ConfigError, CredentialError
+from connectors.jira.access import account_slug, group_principal
 from connectors.jira.adf import to_markdown
 from connectors.jira.config import JiraConfig
-from connectors.jira.connector import JiraConnector, account_slug, group_principal
+from connectors.jira.connector import JiraConnector
 from tests.contract.connector_contract import ConnectorContract, deletes, failures, run, upserts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jira"
