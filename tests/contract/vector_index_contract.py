@@ -382,7 +382,11 @@ class VectorIndexContract:
         old = replace(payload("old"), updated_at=1_000.0)
         new = replace(payload("new"), updated_at=2_000.0)
         unknown = payload("unknown")  # from before freshness was recorded: not excluded
-        points = [point(unit(0), old), point(between(0, 1, 0.5), new), point(unit(1), unknown)]
+        points = [
+            point(unit(0), old, "office hours"),
+            point(between(0, 1, 0.5), new, "office hours"),
+            point(unit(1), unknown, "office hours"),
+        ]
         index.upsert(points)
         fresh = AccessFilter(principals=frozenset(), updated_after=1_500.0)
         assert {h.payload.document_id for h in index.search(unit(0), fresh, 1)} == {"new"}
@@ -391,8 +395,10 @@ class VectorIndexContract:
             "unknown",
         }
         assert index.count(fresh) == 2
-        hits = index.search(None, fresh, 10, sparse=KEYWORDS.query("text"))
-        assert {h.payload.document_id for h in hits} <= {"new", "unknown"}
+        # keyword and hybrid searches carry the same condition
+        for vector in (None, unit(0)):
+            hits = index.search(vector, fresh, 10, sparse=KEYWORDS.query("office"))
+            assert {h.payload.document_id for h in hits} == {"new", "unknown"}
         assert [h.payload.updated_at for h in index.search(unit(0), fresh, 1)] == [2_000.0]
 
     def test_search_never_returns_more_than_the_filter_admits(
