@@ -181,6 +181,14 @@ class Failure:
 Change = Upsert | Delete | Failure
 
 
+def covered_by(failed_id: str, known: Iterable[str]) -> list[str]:
+    """The ids among ``known`` that a failure of ``failed_id`` keeps from being taken for
+    deleted: everything below a container (``"x/"``), or the document itself."""
+    if failed_id.endswith("/"):
+        return [k for k in known if k.startswith(failed_id)]
+    return [k for k in known if k == failed_id]
+
+
 @dataclass(frozen=True)
 class DocRef:
     """Cheap listing entry: enough to reconcile deletions and ACLs without content."""

@@ -21,7 +21,17 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
-from connectors.base import Acl, Change, Checkpoint, Delete, DocRef, Failure, SourceDocument, Upsert
+from connectors.base import (
+    Acl,
+    Change,
+    Checkpoint,
+    Delete,
+    DocRef,
+    Failure,
+    SourceDocument,
+    Upsert,
+    covered_by,
+)
 from connectors.errors import ConfigError
 from connectors.filesystem.config import FilesystemConfig
 from connectors.globs import glob_match
@@ -160,12 +170,7 @@ class FilesystemConnector:
             known = previous.get(relpath)
             if isinstance(st, OSError):
                 # Unreadable for now is not deleted; a folder's failure ("x/") covers its files.
-                covered = (
-                    [k for k in previous if k.startswith(relpath)]
-                    if relpath.endswith("/")
-                    else [relpath]
-                )
-                files.update({k: previous[k] for k in covered if k in previous})
+                files.update({k: previous[k] for k in covered_by(relpath, previous)})
                 yield Failure(relpath, "unreadable", f"{type(st).__name__}: {st}")
                 continue
             if known and known.mtime_ns == st.st_mtime_ns and known.size == st.st_size:

@@ -34,6 +34,7 @@ from connectors.base import (
     SourceDocument,
     Upsert,
     check_principal,
+    covered_by,
 )
 from connectors.errors import ConfigError
 from connectors.globs import glob_match
@@ -217,12 +218,7 @@ class MarkdownWikiConnector:
             known = previous.get(relpath)
             if isinstance(st, OSError):
                 # Unreadable for now is not deleted; a folder's failure ("x/") covers its pages.
-                covered = (
-                    [k for k in previous if k.startswith(relpath)]
-                    if relpath.endswith("/")
-                    else [relpath]
-                )
-                pages.update({k: previous[k] for k in covered if k in previous})
+                pages.update({k: previous[k] for k in covered_by(relpath, previous)})
                 yield Failure(relpath, "unreadable", f"{type(st).__name__}: {st}")
                 continue
             if reusable and known and known.mtime_ns == st.st_mtime_ns and known.size == st.st_size:
