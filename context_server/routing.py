@@ -294,7 +294,6 @@ class ContextRouter:
                 AgentVersion(version=agent.version, name=agent.spec.name, spec=spec_json(agent))
             )
             session.flush()
-        sources = dict(session.execute(select(Source.id, Source.name)).all())
         bundle = Bundle(
             id=str(uuid.uuid4()),
             agent=agent.spec.name,
@@ -314,7 +313,7 @@ class ContextRouter:
                 rank=rank,
                 document_id=c.document.id,
                 chunk_id=c.chunk.id,
-                source=sources.get(c.document.source_id, c.hit.payload.source),
+                source=c.hit.payload.source,  # the source's name, as indexed
                 title=c.document.title,
                 section=c.chunk.section,
                 url=c.document.url,

@@ -377,6 +377,7 @@ class Runtime:
             session.add(run)
             session.commit()
             store = SqlSyncStore(session, source.id, run)
+            stage = ""
             try:
                 report, next_checkpoint = pipeline.sync(
                     name,
@@ -385,26 +386,19 @@ class Runtime:
                     full=checkpoint is None,
                     progress=(lambda r: progress(name, r)) if progress else None,
                 )
-            except Exception as exc:
-                session.rollback()
-                run.status = "failed"
-                run.error = f"{type(exc).__name__}: {exc}"
-                run.finished_at = datetime.now(UTC)
-                session.commit()
-                raise
-            counts = report.counts()
-            if isinstance(connector, GroupSource):
-                try:
+                counts = report.counts()
+                if isinstance(connector, GroupSource):
+                    stage = "group sync: "
                     counts["memberships"] = self._replace_synced_memberships(
                         session, name, connector.memberships()
                     )
-                except Exception as exc:
-                    session.rollback()
-                    run.status = "failed"
-                    run.error = f"group sync: {type(exc).__name__}: {exc}"
-                    run.finished_at = datetime.now(UTC)
-                    session.commit()
-                    raise
+            except Exception as exc:
+                session.rollback()
+                run.status = "failed"
+                run.error = f"{stage}{type(exc).__name__}: {exc}"
+                run.finished_at = datetime.now(UTC)
+                session.commit()
+                raise
             run.status = "completed"
             run.counts = counts
             run.finished_at = datetime.now(UTC)
