@@ -497,13 +497,27 @@ class Runtime:
         due, upcoming = [], None
         with self._lock:
             busy = set(self._syncing)
-        for info in self.list_sources():
-            if info.next_run is None or info.name in busy:
+        # Only schedules and last run starts: the loop asks every few seconds, so no counts.
+        last_start = (
+            select(SyncRun.source_id, func.max(SyncRun.started_at).label("started"))
+            .group_by(SyncRun.source_id)
+            .subquery()
+        )
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Source.name, Source.schedule, Source.created_at, last_start.c.started)
+                .outerjoin(last_start, last_start.c.source_id == Source.id)
+                .where(Source.schedule.is_not(None))
+                .order_by(Source.name)
+            ).all()
+        for name, schedule, created, started in rows:
+            if name in busy:
                 continue
-            if info.next_run <= now:
-                due.append(Due(info.name, info.next_run))
-            elif upcoming is None or info.next_run < upcoming:
-                upcoming = info.next_run
+            at = next_run(schedule, as_utc(started) if started else None, as_utc(created))
+            if at <= now:
+                due.append(Due(name, at))
+            elif upcoming is None or at < upcoming:
+                upcoming = at
         return due, upcoming
 
     def scheduler(self) -> Scheduler:
