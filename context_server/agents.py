@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,12 +30,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.base import check_principal
 from context_server.durations import parse_duration
 from context_server.errors import NotFoundError, SpecError
+from context_server.harness import HarnessSpec
 from context_server.specs import NAME_RE
+from context_server.workflow import (
+    ContextQuery,
+    ManualTrigger,
+    OutputSpec,
+    ReviewSpec,
+    ShipSpec,
+    TriggerSpec,
+)
 
 ActingAs = Literal["on_behalf_of", "as_agent", "intersection"]
 
@@ -67,6 +77,25 @@ class AgentSpec(BaseModel):
     max_age: str | None = Field(
         default=None, description="Only documents updated within this long, e.g. 365d."
     )
+    # -- the runnable part (context_server/workflow.py) --
+    owner: str | None = Field(
+        default=None,
+        description="Who answers for the agent (user:<name>); scheduled and "
+        "event runs act for the owner unless their trigger names a user.",
+    )
+    trigger: TriggerSpec = Field(default_factory=ManualTrigger)
+    context: ContextQuery = Field(default_factory=ContextQuery)
+    harness: HarnessSpec | None = Field(
+        default=None,
+        description="How a run does its work; without one the agent only serves context.",
+    )
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    review: ReviewSpec | None = Field(
+        default=None, description="Who approves a run's output before it ships."
+    )
+    ship: ShipSpec | None = Field(default=None, description="What happens after approval.")
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Tries per run.")
+    timeout: str = Field(default="15m", description="A run's longest time (harness + context).")
 
     @field_validator("name")
     @classmethod
@@ -94,6 +123,48 @@ class AgentSpec(BaseModel):
         if v is not None:
             parse_duration(v)
         return v
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, v: str | None) -> str | None:
+        if v is not None and not check_principal(v).startswith("user:"):
+            raise ValueError(f"owner must be a user (user:<name>), not {v!r}")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _runnable(self) -> AgentSpec:
+        if self.harness is None:
+            return self
+        if self.review is None:
+            raise ValueError(
+                "an agent with a harness needs `review: {approvers: [...]}`: nothing it "
+                "produces ships without a human's approval"
+            )
+        if self.trigger.kind != "manual" and (self.trigger.on_behalf_of or self.owner) is None:
+            raise ValueError(
+                f"a {self.trigger.kind} trigger runs for a user: give `owner: user:<name>` "
+                "or `trigger.on_behalf_of`"
+            )
+        if self.trigger.kind == "event" and self.trigger.source not in self.sources:
+            # Not an error: an agent may react to a source it does not draw context from.
+            pass
+        return self
+
+    @property
+    def runnable(self) -> bool:
+        return self.harness is not None
+
+    def default_user(self) -> str | None:
+        """Whom a run without an explicit user acts for."""
+        if self.trigger.kind != "manual" and self.trigger.on_behalf_of:
+            return self.trigger.on_behalf_of
+        return self.owner
 
     def max_age_delta(self) -> timedelta | None:
         return None if self.max_age is None else parse_duration(self.max_age)
@@ -127,6 +198,26 @@ class InvalidAgentFile:
         return {"path": str(self.path), "error": self.error}
 
 
+class _Yaml(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans,
+    which would turn an event trigger's ``on: [created]`` key into ``True``."""
+
+
+_Yaml.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def parse_agent_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml)
+
+
 def load_agent_file(path: Path) -> Agent:
     """Read and validate one agent file; ``SpecError`` says what is wrong and where."""
     try:
@@ -136,7 +227,7 @@ def load_agent_file(path: Path) -> Agent:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc}") from exc
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        data = parse_agent_yaml(raw.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

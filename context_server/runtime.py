@@ -7,6 +7,7 @@ opened on first use and owned by this process until ``close()``.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from indexing.keyword import KeywordEncoder
 from indexing.pipeline import Pipeline, PipelineOptions, SyncReport
 from policies.access import Directory, PolicyFile, PolicyFileError, read_policy_file
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class SourceInfo:
@@ -75,6 +78,7 @@ class SyncResult:
     status: str  # completed | failed
     report: SyncReport
     error: str | None = None
+    runs_queued: int = 0  # agent runs its new and changed documents triggered
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +86,7 @@ class SyncResult:
             "run_id": self.run_id,
             "status": self.status,
             "error": self.error,
+            "runs_queued": self.runs_queued,
             **self.report.counts(),
             "failures": [
                 {"external_id": e, "reason": r, "detail": d} for e, r, d in self.report.failures
@@ -405,7 +410,19 @@ class Runtime:
             run.checkpoint = next_checkpoint.model_dump(mode="json")
             source.checkpoint = run.checkpoint
             session.commit()
-            return SyncResult(source=name, run_id=run.id, status=run.status, report=report)
+            started = as_utc(run.started_at)
+            run_id = run.id
+        # Agents triggered by this source's new and changed documents (one run per version).
+        from context_server.worker import enqueue_events  # the runner builds on the runtime
+
+        try:
+            queued = enqueue_events(self, name, started)
+        except SpecError as exc:  # an agent that cannot run; the sync itself is done
+            log.warning("event runs after syncing %s: %s", name, exc)
+            queued = []
+        return SyncResult(
+            source=name, run_id=run_id, status="completed", report=report, runs_queued=len(queued)
+        )
 
     # -- principals -----------------------------------------------------------------------
 

@@ -58,6 +58,20 @@ class Settings(BaseSettings):
         "lines) narrowing what agent files allow. Unset: `policy.csv` in the data directory, "
         "if it exists; without one, the agent files alone decide.",
     )
+    run_lease_seconds: float = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="How long a worker holds a run without a heartbeat; a worker that dies "
+        "loses the run to another after this long.",
+    )
+    run_workers: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Worker threads `serve` runs for agent runs (0: only separate "
+        "`context-server worker` processes run them).",
+    )
 
     @field_validator("embed_backend")
     @classmethod

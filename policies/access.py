@@ -26,7 +26,7 @@ MODEL = Path(__file__).resolve().parent / "model.conf"
 # Casbin stops walking the role graph at this depth; our nesting is far shallower.
 MAX_NESTING = 32
 
-ACTIONS = ("act_for", "read", "administer")
+ACTIONS = ("act_for", "read", "administer", "review")
 
 
 class PolicyFileError(ValueError):

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from connectors.errors import ConfigError, CredentialError, UnknownKindError
 from context_server import __version__
+from context_server.api.review_routes import router as reviews
 from context_server.api.routes import admin, public, v1
 from context_server.errors import ConflictError, ForbiddenError, NotFoundError, SpecError
 from context_server.runtime import Runtime
@@ -59,6 +60,7 @@ def create_app(
     app.include_router(public)
     app.include_router(v1)
     app.include_router(admin)
+    app.include_router(reviews)
 
     for error, status in STATUS_BY_ERROR:
 

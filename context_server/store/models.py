@@ -260,3 +260,131 @@ class AuditEvent(Base):
     document_ids: Mapped[list[str]]  # what was returned
     bundle_id: Mapped[str | None] = mapped_column(String(36))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class AgentRun(Base):
+    """One run of a declared agent: a job in the queue, then its record.
+
+    ``state``: ``queued`` (waiting; ``available_at`` delays a retry) → ``running`` (a worker
+    holds the lease until ``lease_expires_at`` and renews it while alive) → ``succeeded``
+    (its output is a review item), ``failed`` (no attempts left, or not worth retrying) or
+    ``cancelled``. A running job whose lease expired is taken over by another worker.
+    ``(agent, trigger_key)`` is unique: one run per trigger occurrence.
+    """
+
+    __tablename__ = "agent_runs"
+    __table_args__ = (
+        UniqueConstraint("agent", "trigger_key"),
+        Index("ix_agent_runs_state_available", "state", "available_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    agent: Mapped[str] = mapped_column(String(100), index=True)
+    agent_version: Mapped[str | None] = mapped_column(String(64))  # of the last attempt
+    trigger_kind: Mapped[str] = mapped_column(String(20))  # manual | schedule | event | changes
+    trigger_key: Mapped[str] = mapped_column(String(255))
+    trigger: Mapped[dict[str, Any]]  # what fired it: the document, the slot, the review
+    on_behalf_of: Mapped[str | None] = mapped_column(String(255))
+    input: Mapped[dict[str, Any]]
+    requested_by: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(20), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    available_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    query: Mapped[str | None] = mapped_column(Text)
+    bundle_id: Mapped[str | None] = mapped_column(String(36))
+    harness_input: Mapped[dict[str, Any] | None]
+    harness_output: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    # one entry per attempt: worker, started, finished, outcome, error
+    history: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class AgentCursor(Base):
+    """The last schedule slot an agent was enqueued for (a new agent starts at now)."""
+
+    __tablename__ = "agent_cursors"
+
+    agent: Mapped[str] = mapped_column(String(100), primary_key=True)
+    last_slot: Mapped[datetime]
+
+
+class Review(Base):
+    """A run's output waiting for (or past) a human decision.
+
+    ``pending`` → ``approved`` (enough approvals of the current revision) → ``shipping`` →
+    ``shipped`` | ``ship_failed``; or ``rejected``, ``changes_requested`` (a new run was
+    enqueued with the comment), ``expired``. ``ship_key`` makes shipping idempotent."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (Index("ix_reviews_state_created", "state", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("agent_runs.id"), unique=True)
+    agent: Mapped[str] = mapped_column(String(100), index=True)
+    agent_version: Mapped[str] = mapped_column(String(64))
+    on_behalf_of: Mapped[str | None] = mapped_column(String(255))
+    bundle_id: Mapped[str | None] = mapped_column(String(36))
+    state: Mapped[str] = mapped_column(String(24), default="pending")
+    title: Mapped[str] = mapped_column(String(1024), default="")
+    output: Mapped[dict[str, Any]]  # the agent's output spec when the run was made
+    approvers: Mapped[list[str]]
+    required: Mapped[int]
+    ship: Mapped[dict[str, Any] | None]  # the ship spec the approval is for
+    target: Mapped[dict[str, Any] | None]  # the document a comment goes to
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    expires_at: Mapped[datetime | None]
+    deferred_until: Mapped[datetime | None]
+    ship_key: Mapped[str] = mapped_column(String(80))
+    ship_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    ship_started_at: Mapped[datetime | None]
+    shipped_at: Mapped[datetime | None]
+    ship_result: Mapped[dict[str, Any] | None]
+    ship_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+
+    revisions: Mapped[list[ReviewRevision]] = relationship(
+        cascade="all, delete-orphan", order_by="ReviewRevision.number"
+    )
+    events: Mapped[list[ReviewEvent]] = relationship(
+        cascade="all, delete-orphan", order_by="ReviewEvent.id"
+    )
+
+
+class ReviewRevision(Base):
+    """The artifact as the agent wrote it (1), and each reviewer edit after, with its diff."""
+
+    __tablename__ = "review_revisions"
+
+    review_id: Mapped[str] = mapped_column(
+        ForeignKey("reviews.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(primary_key=True)
+    content: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(255))  # agent:<name> or user:<name>
+    diff: Mapped[str] = mapped_column(Text, default="")  # unified diff from the previous one
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReviewEvent(Base):
+    """One decision or note on a review: approve, reject, request_changes, comment, defer,
+    edit, expire, ship, ship_failed."""
+
+    __tablename__ = "review_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    review_id: Mapped[str] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(30))
+    revision: Mapped[int]
+    comment: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)

@@ -1,0 +1,255 @@
+"""Runs and the review queue over HTTP.
+
+Who sees what: the admin token everything; a user key the runs it acts for and the reviews
+it may decide on (or that were made for it), with citations it may not read redacted; an
+agent key its own agent's runs and reviews. Deciding on a review takes a user: a user key
+decides as its user, the admin token names one with ``as``. Agent keys never decide.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from context_server.api.deps import CallerDep, RuntimeDep
+from context_server.durations import parse_duration
+from context_server.errors import ForbiddenError, NotFoundError, SpecError
+from context_server.keys import Caller
+from context_server.review import ReviewDesk
+from context_server.routing import ContextRouter
+from context_server.runs import RunQueue
+from context_server.runtime import Runtime
+
+router = APIRouter(prefix="/v1")
+
+
+def get_desk(runtime: RuntimeDep) -> ReviewDesk:
+    return ReviewDesk(runtime)
+
+
+DeskDep = Annotated[ReviewDesk, Depends(get_desk)]
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+class RunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    on_behalf_of: str | None = Field(
+        default=None, description="The user the run acts for (default: the agent's owner)."
+    )
+    input: dict[str, Any] = Field(default_factory=dict, description="Fills the query template.")
+
+
+def enqueue_manual(
+    runtime: Runtime, caller: Caller, agent_name: str, user: str | None, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Queue a manual run after checking, now, that the agent may act for the user."""
+    agent = runtime.agents.get(agent_name)
+    if caller.kind == "agent" and caller.subject != agent_name:
+        raise ForbiddenError(f"this key belongs to agent {caller.subject!r}")
+    user = user or agent.spec.default_user()
+    if caller.kind == "user":
+        if user not in (None, caller.subject):
+            raise ForbiddenError(f"this key belongs to {caller.subject}; not {user}")
+        user = caller.subject
+    if user is None:
+        raise SpecError("give on_behalf_of: the user the run acts for")
+    if not agent.spec.runnable:
+        raise SpecError(f"agent {agent_name!r} has no harness; it serves context only")
+    ContextRouter(runtime).scope(Caller(kind="agent", subject=agent_name), agent_name, user)
+    done = RunQueue(runtime.sessions).enqueue(
+        agent,
+        trigger_kind="manual",
+        trigger_key=f"manual:{uuid.uuid4()}",
+        on_behalf_of=user,
+        requested_by=caller.label,
+        input=data,
+        trigger={"kind": "manual"},
+    )
+    return done.to_json()
+
+
+@router.post("/agents/{name}/runs")
+def run_agent(name: str, body: RunRequest, runtime: RuntimeDep, caller: CallerDep) -> Any:
+    return enqueue_manual(runtime, caller, name, body.on_behalf_of, body.input)
+
+
+def _sees_run(caller: Caller, run: dict[str, Any]) -> bool:
+    if caller.kind == "admin":
+        return True
+    if caller.kind == "agent":
+        return bool(run["agent"] == caller.subject)
+    return bool(run["on_behalf_of"] == caller.subject)
+
+
+@router.get("/runs")
+def list_runs(
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    state: str | None = None,
+    agent: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    runs = RunQueue(runtime.sessions).list_runs(state, agent, limit)
+    return {"runs": [r for r in runs if _sees_run(caller, r)]}
+
+
+@router.get("/runs/{run_id}")
+def show_run(run_id: str, runtime: RuntimeDep, caller: CallerDep) -> Any:
+    run = RunQueue(runtime.sessions).get(run_id)
+    if not _sees_run(caller, run):
+        raise NotFoundError(f"no run {run_id!r} visible to this key")
+    return run
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(run_id: str, runtime: RuntimeDep, caller: CallerDep) -> Any:
+    queue = RunQueue(runtime.sessions)
+    if not _sees_run(caller, queue.get(run_id)):
+        raise NotFoundError(f"no run {run_id!r} visible to this key")
+    return queue.cancel(run_id)
+
+
+# -- reviews -------------------------------------------------------------------------------
+
+
+def _viewer(caller: Caller) -> str | None:
+    """Whose permissions redact evidence: a user key's user; the admin and the agent that
+    produced the review see it whole."""
+    return caller.subject if caller.kind == "user" else None
+
+
+def _visible(desk: ReviewDesk, caller: Caller, review: dict[str, Any]) -> bool:
+    if caller.kind == "admin":
+        return True
+    if caller.kind == "agent":
+        return bool(review["agent"] == caller.subject)
+    return (
+        review["on_behalf_of"] == caller.subject
+        or desk.refusal(caller.subject, review["id"]) is None
+    )
+
+
+@router.get("/reviews")
+def list_reviews(
+    desk: DeskDep,
+    caller: CallerDep,
+    state: str | None = None,
+    agent: str | None = None,
+    older_than: Annotated[str | None, Query(description="e.g. 2d: created before then")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    age = parse_duration(older_than) if older_than else None
+    listing = desk.list_reviews(state, agent, age, limit)
+    if caller.kind != "admin":
+        listing["reviews"] = [r for r in listing["reviews"] if _visible(desk, caller, r)]
+    return listing
+
+
+def _shown(desk: ReviewDesk, caller: Caller, review_id: str) -> dict[str, Any]:
+    review = desk.show(review_id, _viewer(caller))
+    if not _visible(desk, caller, review):
+        raise NotFoundError(f"no review {review_id!r} visible to this key")
+    return review
+
+
+@router.get("/reviews/{review_id}")
+def show_review(review_id: str, desk: DeskDep, caller: CallerDep) -> Any:
+    return _shown(desk, caller, review_id)
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    as_: str | None = Field(
+        default=None,
+        alias="as",
+        description="The deciding user; required with the admin token, implied by a user key.",
+    )
+    comment: str = ""
+
+
+class Approval(Decision):
+    override_stale: bool = Field(
+        default=False, description="Approve although cited documents changed since the run."
+    )
+
+
+class Deferral(Decision):
+    until: datetime | None = None
+
+
+class Edit(Decision):
+    content: str = Field(min_length=1, description="The artifact's new text (markdown).")
+
+
+def _actor(caller: Caller, body: Decision) -> str:
+    if caller.kind == "user":
+        if body.as_ not in (None, caller.subject):
+            raise ForbiddenError(
+                f"this key belongs to {caller.subject}; it may not decide as {body.as_}"
+            )
+        return caller.subject
+    if caller.kind == "agent":
+        raise ForbiddenError("agents do not review; a user's key or the admin's may")
+    if not body.as_:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            'with the admin token, name the deciding user: {"as": "user:NAME"}',
+        )
+    return body.as_
+
+
+@router.post("/reviews/{review_id}/approve")
+def approve(review_id: str, body: Approval, desk: DeskDep, caller: CallerDep) -> Any:
+    actor = _actor(caller, body)
+    desk.approve(
+        review_id, actor, comment=body.comment, override_stale=body.override_stale, caller=caller
+    )
+    return _shown(desk, caller, review_id)
+
+
+@router.post("/reviews/{review_id}/reject")
+def reject(review_id: str, body: Decision, desk: DeskDep, caller: CallerDep) -> Any:
+    desk.reject(review_id, _actor(caller, body), comment=body.comment, caller=caller)
+    return _shown(desk, caller, review_id)
+
+
+@router.post("/reviews/{review_id}/request-changes")
+def request_changes(review_id: str, body: Decision, desk: DeskDep, caller: CallerDep) -> Any:
+    out = desk.request_changes(review_id, _actor(caller, body), comment=body.comment, caller=caller)
+    shown = _shown(desk, caller, review_id)
+    shown["rerun_id"] = out["rerun_id"]
+    return shown
+
+
+@router.post("/reviews/{review_id}/comment")
+def comment(review_id: str, body: Decision, desk: DeskDep, caller: CallerDep) -> Any:
+    desk.comment(review_id, _actor(caller, body), comment=body.comment, caller=caller)
+    return _shown(desk, caller, review_id)
+
+
+@router.post("/reviews/{review_id}/defer")
+def defer(review_id: str, body: Deferral, desk: DeskDep, caller: CallerDep) -> Any:
+    desk.defer(
+        review_id, _actor(caller, body), until=body.until, comment=body.comment, caller=caller
+    )
+    return _shown(desk, caller, review_id)
+
+
+@router.post("/reviews/{review_id}/edit")
+def edit(review_id: str, body: Edit, desk: DeskDep, caller: CallerDep) -> Any:
+    desk.edit(
+        review_id, _actor(caller, body), content=body.content, comment=body.comment, caller=caller
+    )
+    return _shown(desk, caller, review_id)
+
+
+@router.post("/reviews/{review_id}/retry-ship")
+def retry_ship(review_id: str, body: Decision, desk: DeskDep, caller: CallerDep) -> Any:
+    desk.retry_ship(review_id, _actor(caller, body), caller=caller)
+    return _shown(desk, caller, review_id)

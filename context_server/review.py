@@ -1,0 +1,693 @@
+"""The review queue: a run's output waits here for human decisions, and ships only after
+enough approvals, exactly once.
+
+Who may decide on a review: a user who is among the agent's ``review.approvers`` (a group
+counts for its members, through the directory) and whom the policy file, if there is one,
+lets ``review`` the agent (``p, group:support-leads, agent:ticket-answerer, review``).
+Every decision and every refusal goes to the audit log.
+
+Evidence is the run's context bundle: its cited items, with the bundle check (changed,
+deleted, access revoked since the run read them). Approving with stale evidence needs an
+explicit override, which is recorded. A reviewer sees a citation they may not read today
+redacted: its status and source, never its title, address or text.
+
+Shipping: ``approved`` → ``shipping`` is a compare-and-set, so one process ships; a
+``shipping`` review whose process died is shipped again after ``SHIP_LEASE`` (the
+destination sees the same idempotency key and does not take it twice).
+"""
+
+from __future__ import annotations
+
+import difflib
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from connectors import registry
+from connectors.base import Acl
+from context_server.errors import ConflictError, ForbiddenError, NotFoundError, SpecError
+from context_server.keys import ADMIN, Caller
+from context_server.routing import ContextRouter
+from context_server.runs import RunQueue
+from context_server.shipping import ShipError, ShipOrder, ship
+from context_server.store.models import (
+    AgentRun,
+    AuditEvent,
+    Bundle,
+    Document,
+    Review,
+    ReviewEvent,
+    ReviewRevision,
+    Source,
+    as_utc,
+)
+
+REVIEW_STATES = (
+    "pending",
+    "approved",
+    "shipping",
+    "shipped",
+    "ship_failed",
+    "rejected",
+    "changes_requested",
+    "expired",
+)
+#: A review left ``shipping`` this long by a process that died is shipped again.
+SHIP_LEASE = timedelta(minutes=2)
+
+Clock = Callable[[], datetime]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return as_utc(value).isoformat() if value else None
+
+
+class ReviewDesk:
+    """Review operations over the runtime's store. ``runtime`` is a ``Runtime`` (typed
+    loosely: the runtime builds the desk)."""
+
+    def __init__(self, runtime: Any, clock: Clock = _now) -> None:
+        self.runtime = runtime
+        self.sessions = runtime.sessions
+        self.clock = clock
+        self.queue = RunQueue(runtime.sessions, clock)
+        #: Called after the destination took the artifact, before that is recorded: tests
+        #: crash here to prove a recovery does not ship twice.
+        self.after_ship: Callable[[str], None] = lambda _review_id: None
+
+    # -- reading --------------------------------------------------------------------------
+
+    def list_reviews(
+        self,
+        state: str | None = None,
+        agent: str | None = None,
+        older_than: timedelta | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        if state is not None and state not in REVIEW_STATES:
+            raise SpecError(f"unknown review state {state!r}; known: {', '.join(REVIEW_STATES)}")
+        self.expire_due()
+        query = select(Review).order_by(Review.created_at.desc()).limit(limit)
+        if state is not None:
+            query = query.where(Review.state == state)
+        if agent is not None:
+            query = query.where(Review.agent == agent)
+        if older_than is not None:
+            query = query.where(Review.created_at <= self.clock() - older_than)
+        with self.sessions() as session:
+            rows = session.scalars(query).all()
+            counts = dict(
+                session.execute(select(Review.state, func.count()).group_by(Review.state)).all()
+            )
+            return {
+                "reviews": [_summary(r) for r in rows],
+                "counts": {s: counts.get(s, 0) for s in REVIEW_STATES},
+            }
+
+    def show(self, review_id: str, viewer: str | None = None) -> dict[str, Any]:
+        """The review with its artifact, revisions, history and evidence. ``viewer``: the
+        user looking (citations they may not read are redacted); ``None``: the admin."""
+        self.expire_due()
+        with self.sessions() as session:
+            review = self._get(session, review_id)
+            run = session.get(AgentRun, review.run_id)
+            out = _summary(review)
+            current = review.revisions[-1]
+            out.update(
+                content=current.content,
+                revisions=[
+                    {
+                        "number": r.number,
+                        "author": r.author,
+                        "created_at": _iso(r.created_at),
+                        "diff": r.diff,
+                    }
+                    for r in review.revisions
+                ],
+                events=[_event_json(e) for e in review.events],
+                approvals=self._approvals(review),
+                run=None
+                if run is None
+                else {
+                    "run_id": run.id,
+                    "trigger": run.trigger,
+                    "input": run.input,
+                    "query": run.query,
+                    "attempts": run.attempts,
+                    "started_at": _iso(run.started_at),
+                    "finished_at": _iso(run.finished_at),
+                },
+                ship=review.ship,
+                target=review.target,
+                ship_result=review.ship_result,
+                ship_error=review.ship_error,
+            )
+        out["evidence"] = self.evidence(review_id, viewer)
+        if viewer is not None:
+            out["may_review"] = self.refusal(viewer, review_id) is None
+        return out
+
+    def evidence(self, review_id: str, viewer: str | None) -> dict[str, Any]:
+        with self.sessions() as session:
+            review = self._get(session, review_id)
+            bundle = session.get(Bundle, review.bundle_id) if review.bundle_id else None
+            if bundle is None:
+                return {"bundle_id": None, "stale": False, "counts": {}, "items": []}
+            check = ContextRouter(self.runtime).check(ADMIN, bundle.id)
+            status = {item["rank"]: item for item in check["items"]}
+            documents = {
+                d.id: d
+                for d in session.scalars(
+                    select(Document).where(Document.id.in_({i.document_id for i in bundle.items}))
+                )
+            }
+            principals = (
+                self.runtime.directory.principals_for(viewer) if viewer is not None else None
+            )
+            items = []
+            for number, item in enumerate(bundle.items, 1):
+                checked = status.get(item.rank, {})
+                document = documents.get(item.document_id)
+                acl = document.acl if document is not None else item.acl
+                if principals is not None and not Acl.model_validate(acl).grants(principals):
+                    items.append(
+                        {
+                            "n": number,
+                            "redacted": True,
+                            "source": item.source,
+                            "status": checked.get("status"),
+                        }
+                    )
+                    continue
+                items.append(
+                    {
+                        "n": number,
+                        "redacted": False,
+                        "source": item.source,
+                        "document_id": item.document_id,
+                        "chunk_id": item.chunk_id,
+                        "title": item.title,
+                        "section": item.section,
+                        "url": item.url,
+                        "version": item.version,
+                        "content_hash": item.content_hash,
+                        "document_updated_at": _iso(item.document_updated_at),
+                        "retrieved_at": _iso(bundle.created_at),
+                        "text": item.text,
+                        "status": checked.get("status"),
+                        "current_version": checked.get("current_version"),
+                    }
+                )
+            return {
+                "bundle_id": bundle.id,
+                "retrieved_at": _iso(bundle.created_at),
+                "query": bundle.query,
+                "checked_at": check["checked_at"],
+                "stale": check["stale"],
+                "counts": check["counts"],
+                "redacted": sum(1 for i in items if i["redacted"]),
+                "items": items,
+            }
+
+    # -- who may decide -------------------------------------------------------------------
+
+    def refusal(self, actor: str, review_id: str) -> str | None:
+        """Why ``actor`` may not decide on the review, or ``None`` when they may."""
+        with self.sessions() as session:
+            review = self._get(session, review_id)
+            return self._refusal(actor, review)
+
+    def _refusal(self, actor: str, review: Review) -> str | None:
+        if not actor.startswith("user:"):
+            return f"only users review; {actor} is not a user"
+        directory = self.runtime.directory
+        if not directory.principals_for(actor) & set(review.approvers):
+            return (
+                f"{actor} may not review {review.agent}'s output (approvers: "
+                f"{', '.join(review.approvers)})"
+            )
+        if not directory.permits(actor, f"agent:{review.agent}", "review"):
+            return f"policy does not allow {actor} to review agent {review.agent!r}"
+        return None
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def approve(
+        self,
+        review_id: str,
+        actor: str,
+        *,
+        comment: str = "",
+        override_stale: bool = False,
+        caller: Caller = ADMIN,
+    ) -> dict[str, Any]:
+        evidence = self.evidence(review_id, None)
+        with self.sessions() as session:
+            review = self._decidable(session, review_id, actor, "approve", caller)
+            if evidence["stale"] and not override_stale:
+                counts = {k: v for k, v in evidence["counts"].items() if v and k != "unchanged"}
+                self._audit(session, caller, review, "approve", "denied", "stale evidence")
+                session.commit()
+                raise ConflictError(
+                    "the evidence changed since the run read it ("
+                    + ", ".join(f"{v} {k}" for k, v in counts.items())
+                    + "); look at it again, then approve with override_stale "
+                    "(CLI: --override-stale) to approve anyway"
+                )
+            if any(
+                a["actor"] == actor for a in self._approvals(review, session_events=review.events)
+            ):
+                raise ConflictError(f"{actor} already approved revision {review.revision}")
+            detail: dict[str, Any] = {"stale": evidence["stale"]}
+            if evidence["stale"]:
+                detail.update(override_stale=True, evidence_counts=evidence["counts"])
+            self._event(session, review, actor, "approve", comment, detail)
+            session.flush()
+            approvals = self._approvals(review, session_events=review.events)
+            if len(approvals) >= review.required:
+                review.state = "approved"
+                review.decided_at = self.clock()
+            self._audit(
+                session,
+                caller,
+                review,
+                "approve",
+                "allowed",
+                f"{actor}: {len(approvals)}/{review.required} approvals"
+                + (" (stale evidence overridden)" if evidence["stale"] else ""),
+            )
+            session.commit()
+            approved = review.state == "approved"
+        if approved:
+            self.ship_review(review_id)
+        return self.show(review_id)
+
+    def reject(
+        self, review_id: str, actor: str, *, comment: str = "", caller: Caller = ADMIN
+    ) -> dict[str, Any]:
+        with self.sessions() as session:
+            review = self._decidable(session, review_id, actor, "reject", caller)
+            self._event(session, review, actor, "reject", comment)
+            review.state = "rejected"
+            review.decided_at = self.clock()
+            self._audit(session, caller, review, "reject", "allowed", actor)
+            session.commit()
+        return self.show(review_id)
+
+    def request_changes(
+        self, review_id: str, actor: str, *, comment: str, caller: Caller = ADMIN
+    ) -> dict[str, Any]:
+        """Close this review and run the agent again with ``comment`` as extra input."""
+        if not comment.strip():
+            raise SpecError("say what should change: a comment is required")
+        with self.sessions() as session:
+            review = self._decidable(session, review_id, actor, "request_changes", caller)
+            run = session.get(AgentRun, review.run_id)
+            assert run is not None
+            comments = [*run.input.get("review_comments", []), comment]
+            trigger = {**run.trigger, "kind": "changes", "review_id": review.id, "by": actor}
+            run_input = {**run.input, "review_comments": comments}
+            user, agent_name = run.on_behalf_of, review.agent
+            self._event(session, review, actor, "request_changes", comment)
+            review.state = "changes_requested"
+            review.decided_at = self.clock()
+            self._audit(session, caller, review, "request_changes", "allowed", actor)
+            session.commit()
+        agent = self.runtime.agents.get(agent_name)
+        rerun = self.queue.enqueue(
+            agent,
+            trigger_kind="changes",
+            trigger_key=f"changes:{review_id}",
+            on_behalf_of=user,
+            requested_by=actor,
+            input=run_input,
+            trigger=trigger,
+        )
+        out = self.show(review_id)
+        out["rerun_id"] = rerun.run_id
+        return out
+
+    def comment(
+        self, review_id: str, actor: str, *, comment: str, caller: Caller = ADMIN
+    ) -> dict[str, Any]:
+        if not comment.strip():
+            raise SpecError("the comment is empty")
+        with self.sessions() as session:
+            review = self._decidable(session, review_id, actor, "comment", caller, open_only=False)
+            self._event(session, review, actor, "comment", comment)
+            self._audit(session, caller, review, "comment", "allowed", actor)
+            session.commit()
+        return self.show(review_id)
+
+    def defer(
+        self,
+        review_id: str,
+        actor: str,
+        *,
+        until: datetime | None = None,
+        comment: str = "",
+        caller: Caller = ADMIN,
+    ) -> dict[str, Any]:
+        """Leave it pending, noted as deferred (until a time, or until someone decides)."""
+        with self.sessions() as session:
+            review = self._decidable(session, review_id, actor, "defer", caller)
+            review.deferred_until = until or review.expires_at
+            self._event(session, review, actor, "defer", comment, {"until": _iso(until)})
+            self._audit(session, caller, review, "defer", "allowed", actor)
+            session.commit()
+        return self.show(review_id)
+
+    def edit(
+        self, review_id: str, actor: str, *, content: str, comment: str = "", caller: Caller = ADMIN
+    ) -> dict[str, Any]:
+        """A new revision of the artifact; approvals of earlier revisions no longer count."""
+        if not content.strip():
+            raise SpecError("the edited artifact is empty")
+        with self.sessions() as session:
+            review = self._decidable(session, review_id, actor, "edit", caller)
+            previous = review.revisions[-1].content
+            if content == previous:
+                raise ConflictError("the edit changes nothing")
+            diff = "".join(
+                difflib.unified_diff(
+                    previous.splitlines(keepends=True),
+                    content.splitlines(keepends=True),
+                    f"revision {review.revision}",
+                    f"revision {review.revision + 1}",
+                )
+            )
+            review.revision += 1
+            review.revisions.append(
+                ReviewRevision(
+                    number=review.revision,
+                    content=content,
+                    author=actor,
+                    diff=diff,
+                    created_at=self.clock(),
+                )
+            )
+            self._event(session, review, actor, "edit", comment, {"lines": diff.count("\n")})
+            self._audit(session, caller, review, "edit", "allowed", actor)
+            session.commit()
+        return self.show(review_id)
+
+    def retry_ship(self, review_id: str, actor: str, caller: Caller = ADMIN) -> dict[str, Any]:
+        """Ship a ``ship_failed`` review again (after fixing the destination)."""
+        with self.sessions() as session:
+            review = self._get(session, review_id)
+            refusal = self._refusal(actor, review) if caller.kind != "admin" else None
+            if refusal is not None:
+                self._audit(session, caller, review, "retry_ship", "denied", refusal)
+                session.commit()
+                raise ForbiddenError(refusal)
+            if review.state != "ship_failed":
+                raise ConflictError(f"review {review_id} is {review.state}, not ship_failed")
+            review.state = "approved"
+            self._event(session, review, actor, "retry_ship", "")
+            self._audit(session, caller, review, "retry_ship", "allowed", actor)
+            session.commit()
+        self.ship_review(review_id)
+        return self.show(review_id)
+
+    # -- shipping -------------------------------------------------------------------------
+
+    def ship_review(self, review_id: str) -> str:
+        """Ship an approved review once; its state afterwards."""
+        now = self.clock()
+        with self.sessions() as session:
+            claimed: CursorResult[Any] = session.execute(
+                update(Review)
+                .where(
+                    Review.id == review_id,
+                    or_(
+                        Review.state == "approved",
+                        (Review.state == "shipping") & (Review.ship_started_at < now - SHIP_LEASE),
+                    ),
+                )
+                .values(
+                    state="shipping",
+                    ship_started_at=now,
+                    ship_attempts=Review.ship_attempts + 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+            review = self._get(session, review_id)
+            if claimed.rowcount != 1:
+                return review.state
+            approvals = self._approvals(review)
+            if len(approvals) < review.required:  # never: approve() is the only way in
+                review.state = "pending"
+                session.commit()
+                raise ConflictError(f"review {review_id} lacks approvals; nothing shipped")
+            order = self._order(session, review, approvals)
+        try:
+            result = ship(order, self._connector_for)
+        except ShipError as exc:
+            self._record_ship(review_id, None, str(exc))
+            return "ship_failed"
+        self.after_ship(review_id)
+        self._record_ship(review_id, result, None)
+        return "shipped"
+
+    def ship_pending(self) -> list[str]:
+        """Ship approved reviews nobody shipped yet, and recover abandoned shipments."""
+        now = self.clock()
+        with self.sessions() as session:
+            ids = list(
+                session.scalars(
+                    select(Review.id).where(
+                        or_(
+                            Review.state == "approved",
+                            (Review.state == "shipping")
+                            & (Review.ship_started_at < now - SHIP_LEASE),
+                        )
+                    )
+                )
+            )
+        return [i for i in ids if self.ship_review(i) in ("shipped", "ship_failed")]
+
+    def _order(
+        self, session: Session, review: Review, approvals: list[dict[str, Any]]
+    ) -> ShipOrder:
+        bundle = session.get(Bundle, review.bundle_id) if review.bundle_id else None
+        citations = []
+        if bundle is not None:
+            citations = [
+                {
+                    "n": n,
+                    "source": i.source,
+                    "document_id": i.document_id,
+                    "title": i.title,
+                    "url": i.url,
+                    "version": i.version,
+                }
+                for n, i in enumerate(bundle.items, 1)
+            ]
+        return ShipOrder(
+            review_id=review.id,
+            run_id=review.run_id,
+            key=review.ship_key,
+            agent=review.agent,
+            title=review.title,
+            content=review.revisions[-1].content,
+            ship=review.ship or {"kind": "none"},
+            output=review.output,
+            target=review.target,
+            approvals=approvals,
+            citations=citations,
+        )
+
+    def _record_ship(
+        self, review_id: str, result: dict[str, Any] | None, error: str | None
+    ) -> None:
+        with self.sessions() as session:
+            review = self._get(session, review_id)
+            if result is not None:
+                review.state = "shipped"
+                review.shipped_at = self.clock()
+                review.ship_result = result
+                review.ship_error = None
+                self._event(session, review, "system", "ship", "", result)
+            else:
+                review.state = "ship_failed"
+                review.ship_error = error
+                self._event(session, review, "system", "ship_failed", error or "")
+            self._audit(
+                session,
+                Caller(kind="admin", subject="system"),
+                review,
+                "ship",
+                "allowed" if result is not None else "error",
+                error or str(result),
+            )
+            session.commit()
+
+    def _connector_for(self, source: str) -> object:
+        with self.sessions() as session:
+            row = session.scalar(select(Source).where(Source.name == source))
+            if row is None:
+                raise ShipError(f"no source named {source!r} to write back to")
+            return registry.build(row.kind, row.config)
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def expire_due(self) -> int:
+        now = self.clock()
+        with self.sessions() as session:
+            due = session.scalars(
+                select(Review).where(Review.state == "pending", Review.expires_at < now)
+            ).all()
+            for review in due:
+                review.state = "expired"
+                review.decided_at = now
+                self._event(session, review, "system", "expire", "")
+            session.commit()
+            return len(due)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _get(self, session: Session, review_id: str) -> Review:
+        review = session.get(Review, review_id)
+        if review is None:
+            raise NotFoundError(f"no review {review_id!r}")
+        return review
+
+    def _decidable(
+        self,
+        session: Session,
+        review_id: str,
+        actor: str,
+        action: str,
+        caller: Caller,
+        *,
+        open_only: bool = True,
+    ) -> Review:
+        query = select(Review).where(Review.id == review_id)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        review = session.scalar(query)
+        if review is None:
+            raise NotFoundError(f"no review {review_id!r}")
+        if caller.kind == "agent":
+            refusal: str | None = "agents do not review; a user's key or the admin's may"
+        elif caller.kind == "user" and caller.subject != actor:
+            refusal = f"this key belongs to {caller.subject}; it may not decide as {actor}"
+        else:
+            refusal = self._refusal(actor, review)
+        if refusal is not None:
+            self._audit(session, caller, review, action, "denied", refusal)
+            session.commit()
+            raise ForbiddenError(refusal)
+        if (
+            review.state == "pending"
+            and review.expires_at
+            and as_utc(review.expires_at) < self.clock()
+        ):
+            review.state = "expired"
+            self._event(session, review, "system", "expire", "")
+            session.commit()
+        if open_only and review.state != "pending":
+            raise ConflictError(
+                f"review {review_id} is {review.state}; only pending reviews take {action}"
+            )
+        return review
+
+    def _approvals(
+        self, review: Review, session_events: list[ReviewEvent] | None = None
+    ) -> list[dict[str, Any]]:
+        """Distinct approvers of the current revision."""
+        seen: dict[str, dict[str, Any]] = {}
+        for event in session_events if session_events is not None else review.events:
+            if event.action == "approve" and event.revision == review.revision:
+                seen.setdefault(event.actor, {"actor": event.actor, "at": _iso(event.at)})
+        return list(seen.values())
+
+    def _event(
+        self,
+        session: Session,
+        review: Review,
+        actor: str,
+        action: str,
+        comment: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        review.events.append(
+            ReviewEvent(
+                actor=actor,
+                action=action,
+                revision=review.revision,
+                comment=comment,
+                detail=detail or {},
+                at=self.clock(),
+            )
+        )
+
+    def _audit(
+        self,
+        session: Session,
+        caller: Caller,
+        review: Review,
+        action: str,
+        outcome: str,
+        detail: str,
+    ) -> None:
+        session.add(
+            AuditEvent(
+                action=f"review_{action}"[:30],
+                outcome=outcome,
+                key_id=caller.key_id,
+                caller=caller.label,
+                agent=review.agent,
+                on_behalf_of=review.on_behalf_of,
+                query=None,
+                document_ids=[],
+                bundle_id=review.bundle_id,
+                detail=f"review {review.id}: {detail}",
+            )
+        )
+
+
+def new_review_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _summary(review: Review) -> dict[str, Any]:
+    return {
+        "id": review.id,
+        "state": review.state,
+        "agent": review.agent,
+        "agent_version": review.agent_version,
+        "run_id": review.run_id,
+        "title": review.title,
+        "on_behalf_of": review.on_behalf_of,
+        "bundle_id": review.bundle_id,
+        "revision": review.revision,
+        "required": review.required,
+        "approvers": review.approvers,
+        "ship_kind": (review.ship or {}).get("kind", "none"),
+        "created_at": _iso(review.created_at),
+        "expires_at": _iso(review.expires_at),
+        "deferred_until": _iso(review.deferred_until),
+        "decided_at": _iso(review.decided_at),
+        "shipped_at": _iso(review.shipped_at),
+    }
+
+
+def _event_json(event: ReviewEvent) -> dict[str, Any]:
+    return {
+        "at": _iso(event.at),
+        "actor": event.actor,
+        "action": event.action,
+        "revision": event.revision,
+        "comment": event.comment,
+        "detail": event.detail,
+    }
