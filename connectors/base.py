@@ -242,3 +242,27 @@ class GroupSource(Protocol):
         """``(member, group)`` pairs as the source has them now, both principals
         (``user:<name>`` or ``group:<name>``); groups may contain groups."""
         ...
+
+
+@dataclass(frozen=True)
+class CommentReceipt:
+    """What a write-back left on the source: the comment's id and address, and whether it
+    was already there (found by its idempotency key: nothing was posted this time)."""
+
+    comment_id: str
+    url: str | None
+    already_posted: bool
+
+
+@runtime_checkable
+class Commenter(Protocol):
+    """A connector that can write back: post a comment on one of its documents (a GitHub
+    issue, a Jira ticket). Shipping an approved artifact uses this, and may call it again
+    after a crash, so it must be idempotent: a comment carrying ``idempotency_key`` that is
+    already on the document is reported (``already_posted=True``), never posted twice."""
+
+    def post_comment(self, external_id: str, body: str, idempotency_key: str) -> CommentReceipt:
+        """Post ``body`` (markdown) on the document ``external_id`` unless a comment with
+        ``idempotency_key`` is already there. ``SourceError``/``CredentialError`` when the
+        source refuses; the message says why."""
+        ...
