@@ -22,7 +22,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from connectors.errors import ConnectorError
-from context_server.client import ServerInfo, running_server, write_server_file
+from context_server.client import RemoteBackend, ServerInfo, running_server, write_server_file
 from context_server.console import (
     JsonOpt,
     backend_session,
@@ -43,6 +43,7 @@ from context_server.context_cli import (
 )
 from context_server.errors import ContextServerError
 from context_server.eval_cli import eval_app
+from context_server.review_cli import agents_run, progress_line, review_app, runs_app
 from context_server.runtime import SEARCH_MODES
 from context_server.settings import Settings
 from context_server.specs import load_principals_spec, load_source_spec
@@ -61,7 +62,10 @@ app.add_typer(bundles_app, name="bundles")
 app.add_typer(documents_app, name="documents")
 app.add_typer(audit_app, name="audit")
 app.add_typer(connectors_app, name="connectors")
+app.add_typer(runs_app, name="runs")
+app.add_typer(review_app, name="review")
 app.command()(context)
+agents_app.command("run")(agents_run)
 
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
@@ -286,6 +290,12 @@ def _serve(settings: Settings) -> None:
             target=runtime.scheduler().loop, args=(stop,), name="scheduler", daemon=True
         )
         scheduler.start()
+        # ... and, unless told not to, works through agent runs too.
+        from context_server.worker import Worker
+
+        for n in range(settings.run_workers):
+            runs = Worker(runtime, worker_id=f"serve:{os.getpid()}:{n}")
+            threading.Thread(target=runs.loop, args=(stop,), name=f"runs-{n}", daemon=True).start()
         try:
             uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
         finally:
@@ -298,50 +308,88 @@ def _serve(settings: Settings) -> None:
 @app.command()
 def worker(
     once: Annotated[
-        bool, typer.Option("--once", help="Sync what is due now, then exit (scripts, cron).")
+        bool,
+        typer.Option("--once", help="Do what is due now (syncs, runs), then exit (cron)."),
+    ] = False,
+    until_idle: Annotated[
+        bool,
+        typer.Option("--until-idle", help="Process agent runs until none is queued or running."),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sync scheduled sources when they fall due, until interrupted (`serve` does this
-    itself: run a worker only when no server runs)."""
+    """Process agent runs, and sync scheduled sources when they fall due, until
+    interrupted. With a `serve` running, the server syncs the sources and answers the
+    workers' context requests; start as many workers as you like (PostgreSQL)."""
     from context_server.runtime import Runtime
+    from context_server.worker import Worker, local_context
 
+    remote: RemoteBackend | None = None
     try:
         settings = Settings()
         info = running_server(settings)
-        if info is not None:
-            raise ContextServerError(
-                f"a server runs for {settings.home} (pid {info.pid}) and already syncs the "
-                "scheduled sources; stop it to run a separate worker"
-            )
         runtime = Runtime(settings)
     except (ContextServerError, IndexingError) as exc:
         fail(str(exc), as_json)
     except ValueError as exc:
         fail(f"bad setting: {exc}", as_json)
+    if info is not None:
+        remote = RemoteBackend(info)  # the server owns the index: context comes from it
+        context = lambda agent, user, query, budget: remote.context(  # noqa: E731
+            agent, user, query, budget, None
+        )
+        runs = Worker(runtime, context)
+    else:
+        runs = Worker(runtime, local_context(runtime))
     try:
-        if once:
-            results = runtime.scheduler().run_due()
-            report = [
-                {"source": s, "status": "failed" if e else "completed", "error": e}
-                for s, e in results
-            ]
-            if as_json:
-                print_json({"runs": report})
+        if once or until_idle:
+            syncs = []
+            if once and info is None:
+                syncs = [
+                    {"source": s, "status": "failed" if e else "completed", "error": e}
+                    for s, e in runtime.scheduler().run_due()
+                ]
+            if until_idle:
+                progress = None if as_json or not sys.stderr.isatty() else progress_line
+                processed = runs.until_idle(progress)["processed"]
             else:
-                for r in report:
+                processed = 0
+                while runs.step():
+                    processed += 1
+            report = {"syncs": syncs, "processed": processed, "pending": runs.queue.pending()}
+            if as_json:
+                print_json(report)
+            else:
+                for r in syncs:
                     out.print(f"{r['source']}: {r['status']} {r['error'] or ''}")
-                if not report:
-                    out.print("no source is due")
-            if any(r["error"] for r in report):
+                out.print(f"{processed} agent runs processed, {report['pending']} pending")
+            if any(r["error"] for r in syncs):
                 raise typer.Exit(1)
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        err.print("worker: syncing scheduled sources as they fall due (Ctrl-C to stop)")
+        threads = [threading.Thread(target=runs.loop, args=(stop,), name="runs", daemon=True)]
+        if info is None:
+            threads.append(
+                threading.Thread(
+                    target=runtime.scheduler().loop, args=(stop,), name="syncs", daemon=True
+                )
+            )
+        err.print(
+            "worker: processing agent runs"
+            + (" and syncing scheduled sources" if info is None else f" (context from {info.url})")
+            + " (Ctrl-C to stop)"
+        )
+        for thread in threads:
+            thread.start()
         with suppress(KeyboardInterrupt):
-            runtime.scheduler().loop(stop)
+            while not stop.wait(0.5):
+                pass
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
     finally:
+        if remote is not None:
+            remote.close()
         runtime.close()
 
 

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connectors.base import Acl, check_principal
@@ -290,10 +291,15 @@ class ContextRouter:
     ) -> Bundle:
         agent = scope.agent
         if session.get(AgentVersion, agent.version) is None:
-            session.add(
-                AgentVersion(version=agent.version, name=agent.spec.name, spec=spec_json(agent))
-            )
-            session.flush()
+            try:  # concurrent first requests of a new version race to record it
+                with session.begin_nested():
+                    session.add(
+                        AgentVersion(
+                            version=agent.version, name=agent.spec.name, spec=spec_json(agent)
+                        )
+                    )
+            except IntegrityError:
+                pass  # another request recorded it first
         bundle = Bundle(
             id=str(uuid.uuid4()),
             agent=agent.spec.name,

@@ -196,6 +196,18 @@ class RunQueue:
                     .execution_options(synchronize_session=False)
                 )
                 if taken.rowcount == 1:
+                    if state == "running":  # taken over: note the attempt that died
+                        run = session.get(AgentRun, run_id)
+                        assert run is not None
+                        run.history = [
+                            *run.history,
+                            {
+                                "attempt": attempts,
+                                "outcome": "lease_expired",
+                                "taken_over_by": worker,
+                                "at": now.isoformat(),
+                            },
+                        ]
                     session.commit()
                     return str(run_id)
             session.commit()

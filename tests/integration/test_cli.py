@@ -291,7 +291,11 @@ def test_connectors_list_sources_status_and_worker_once(env: dict[str, str], org
     assert status[0]["schedule"] == "0 3 * * *" and status[0]["next_run"].endswith("03:00:00+00:00")
     assert status[0]["last_sync"] is None
     # nothing is due before 03:00: the worker has nothing to do
-    assert json.loads(cli(env, "worker", "--once", "--json").stdout) == {"runs": []}
+    assert json.loads(cli(env, "worker", "--once", "--json").stdout) == {
+        "syncs": [],
+        "processed": 0,
+        "pending": 0,
+    }
     bad = org / "bad.yaml"
     bad.write_text((org / "drive.yaml").read_text() + "schedule: sometimes\n")
     proc = cli(env, "sources", "add", str(bad), "--json", check=False)
