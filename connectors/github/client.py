@@ -1,4 +1,5 @@
-"""The GitHub REST API as the connector needs it: authenticated GETs and Link pagination.
+"""The GitHub REST API as the connector needs it: authenticated GETs, Link pagination, and
+the one write (``POST`` an issue comment).
 
 Every request goes through one ``HttpClient`` (retries, backoff, ``Retry-After`` and the
 ``X-RateLimit-*`` headers GitHub sends). The token is resolved on the first request, not
@@ -77,6 +78,10 @@ class GitHubClient:
         # HttpClient looks for rate-limit signs before honouring ``allow``: GitHub's
         # secondary limits are 403s with Retry-After, waited out and retried there.
         return self.http.request("GET", path, params=params, allow=allow)
+
+    def post(self, path: str, body: JsonObject, *, allow: Collection[int] = ()) -> httpx.Response:
+        """``POST`` a JSON body; a status in ``allow`` is returned rather than raised."""
+        return self.http.request("POST", path, json=body, allow=allow)
 
     def get_object(self, path: str, *, allow: Collection[int] = ()) -> JsonObject | None:
         """A single object; ``None`` when the status is in ``allow``."""

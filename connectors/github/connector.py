@@ -24,12 +24,17 @@ another one is updated mid-listing (it moves to the end); when that may have hap
 
 A repository that cannot be read is one ``Failure`` named ``owner/repo/``: nothing under
 it is taken for deleted.
+
+Write-back (``post_comment``, the ``Commenter`` protocol) posts a comment on an issue. The
+comment ends with a hidden marker, ``<!-- context-server:ship:{key} -->``; the issue's
+comments are searched for it first, so calling again with the same key posts nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -44,13 +49,14 @@ from connectors.base import (
     Acl,
     Change,
     Checkpoint,
+    CommentReceipt,
     Delete,
     DocRef,
     Failure,
     SourceDocument,
     Upsert,
 )
-from connectors.errors import ConfigError, SourceError
+from connectors.errors import ConfigError, CredentialError, SourceError
 from connectors.github.client import (
     GitHubClient,
     JsonObject,
@@ -59,6 +65,31 @@ from connectors.github.client import (
     parse_time,
 )
 from connectors.github.config import GitHubConfig
+from connectors.http import RETRY_STATUSES
+
+#: GitHub refuses a comment body longer than this many characters.
+MAX_COMMENT_CHARS = 65536
+#: A comment ``POST`` answered with a 5xx is tried this often. The issue's comments are
+#: searched for the marker before every try: a comment that landed despite the error is
+#: found, not posted twice.
+WRITE_ATTEMPTS = 3
+_ISSUE_ID = re.compile(r"^([^/\s]+/[^/\s]+)/issues/([1-9][0-9]*)$")
+# What may go inside an HTML comment without ending it or being mangled.
+_KEY = re.compile(r"^[A-Za-z0-9._:@+/=-]{1,200}$")
+_WRITE_SCOPE = (
+    "the token may lack write access to issues (fine-grained token: Issues: Read and write; "
+    "classic token: repo, or public_repo for public repositories), or the issue is locked"
+)
+
+
+def ship_marker(idempotency_key: str) -> str:
+    """The hidden HTML comment that ends a comment posted with ``idempotency_key``."""
+    if not _KEY.match(idempotency_key) or "--" in idempotency_key:
+        raise SourceError(
+            f"bad idempotency key {idempotency_key!r}: use 1-200 letters, digits and "
+            "'._:@+/=-', without '--'"
+        )
+    return f"<!-- context-server:ship:{idempotency_key} -->"
 
 
 class IssueState(BaseModel):
@@ -148,6 +179,7 @@ class GitHubConnector:
         self.repositories = [_Repository(name) for name in config.repositories]
         self.client = GitHubClient(config.base_url, config.token, transport=transport, sleep=sleep)
         self._clock = clock
+        self._sleep = sleep
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -469,3 +501,112 @@ class GitHubConnector:
                     )
         finally:
             self.client.close()
+
+    # -- write-back -------------------------------------------------------------------------
+
+    def _issue_ref(self, external_id: str) -> tuple[_Repository, int]:
+        """The configured repository and the issue number an ``external_id`` names."""
+        match = _ISSUE_ID.match(external_id)
+        if match is None:
+            raise SourceError(
+                f"{external_id!r} is not a GitHub issue id (expected owner/repo/issues/<number>)"
+            )
+        for repo in self.repositories:
+            if repo.key == match[1].lower():
+                return repo, int(match[2])
+        raise SourceError(
+            f"{external_id}: repository {match[1]} is not one of this source's repositories "
+            f"({', '.join(r.name for r in self.repositories)})"
+        )
+
+    def _marked(self, path: str, marker: str, external_id: str) -> JsonObject | None:
+        """The first comment of the issue whose body carries ``marker``."""
+        try:
+            for comment in self._items(path, allow=(404, 410)):
+                if marker in str(comment.get("body") or ""):
+                    return comment
+        except Refused as exc:
+            raise SourceError(
+                f"issue {external_id} cannot be found ({exc.status}): deleted, transferred, "
+                "or not visible to the token"
+            ) from exc
+        return None
+
+    def post_comment(self, external_id: str, body: str, idempotency_key: str) -> CommentReceipt:
+        """Comment ``body`` (markdown) on the issue, ending with a hidden marker that holds
+        ``idempotency_key``, unless a comment of the issue already carries that marker."""
+        repo, number = self._issue_ref(external_id)
+        marker = ship_marker(idempotency_key)
+        if not body.strip():
+            raise SourceError("nothing to post: the comment body is empty")
+        text = f"{body.rstrip()}\n\n{marker}"
+        if len(text) > MAX_COMMENT_CHARS:
+            raise SourceError(
+                f"the comment for {external_id} has {len(text)} characters; GitHub takes at "
+                f"most {MAX_COMMENT_CHARS}"
+            )
+        path = f"{repo.path}/issues/{number}/comments"
+        sent = False  # a POST answered with a 5xx may have created the comment all the same
+        last = ""
+        try:
+            for attempt in range(WRITE_ATTEMPTS + 1):
+                found = self._marked(path, marker, external_id)
+                if found is not None:
+                    return _receipt(found, already_posted=not sent)
+                if attempt == WRITE_ATTEMPTS:
+                    break
+                response = self.client.post(
+                    path, {"body": text}, allow=(403, 404, 410, *RETRY_STATUSES)
+                )
+                status = response.status_code
+                if status < 300:
+                    return _receipt(_object(response), already_posted=False)
+                if status in RETRY_STATUSES:
+                    sent, last = True, f"{status} {response.reason_phrase}"
+                    self._sleep(2.0**attempt)
+                    continue
+                detail = _message(response)
+                if status == 410:
+                    raise SourceError(f"GitHub refused to comment on {external_id} (410): {detail}")
+                raise CredentialError(
+                    f"GitHub refused to comment on {external_id} ({status}: {detail}): "
+                    + _WRITE_SCOPE
+                )
+        finally:
+            self.client.close()
+        raise SourceError(
+            f"commenting on {external_id} failed {WRITE_ATTEMPTS} times; last: {last}"
+        )
+
+
+def _object(response: httpx.Response) -> JsonObject:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise SourceError(f"{response.request.url} did not return JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise SourceError(f"{response.request.url} did not return a JSON object")
+    return body
+
+
+def _message(response: httpx.Response) -> str:
+    """GitHub's error ``message``, else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return " ".join(response.text.split())[:300]
+
+
+def _receipt(comment: JsonObject, *, already_posted: bool) -> CommentReceipt:
+    comment_id = comment.get("id")
+    if comment_id is None:
+        raise SourceError("GitHub answered a comment without its id")
+    url = comment.get("html_url")
+    return CommentReceipt(
+        comment_id=str(comment_id),
+        url=url if isinstance(url, str) else None,
+        already_posted=already_posted,
+    )

@@ -6,7 +6,9 @@
   ``/project/{key}/role/{id}``;
 - ``GET /rest/api/3/issuesecurityschemes/level/member?levelId=`` (``startAt``/``isLast``);
 - ``GET /rest/api/3/group/member`` (``startAt``/``isLast``) and ``GET /rest/api/3/user``;
-- ``GET /rest/api/3/issue/{id}/comment`` (``startAt``/``total``).
+- ``GET /rest/api/3/issue/{id}/comment`` (``startAt``/``total``), with
+  ``expand=properties`` for write-back, and ``GET /rest/api/3/comment/{id}/properties/{key}``;
+- ``GET /rest/api/3/issue/{idOrKey}`` and ``POST /rest/api/3/issue/{id}/comment`` (write-back).
 
 Every call goes through one ``HttpClient`` (retries, backoff, ``Retry-After``).
 
@@ -15,7 +17,7 @@ Imports: stdlib, httpx, connectors.*.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import httpx
@@ -177,16 +179,39 @@ class JiraClient:
         data = self._get_or_none("/user", {"accountId": account_id})
         return data if isinstance(data, dict) else None
 
-    def comments(self, issue_id: str, start: int) -> Iterator[JsonObject]:
-        """Comments from ``start`` on, oldest first."""
+    def comments(
+        self, issue_id: str, start: int, *, expand: str | None = None
+    ) -> Iterator[JsonObject]:
+        """Comments from ``start`` on, oldest first (``expand="properties"``: with their
+        entity properties)."""
         path = f"{API}/issue/{issue_id}/comment"
+        params: dict[str, Any] = {"maxResults": 100, "orderBy": "created"}
+        if expand:
+            params["expand"] = expand
         while True:
-            page = self.http.get_json(
-                path, {"startAt": start, "maxResults": 100, "orderBy": "created"}
-            )
+            page = self.http.get_json(path, {**params, "startAt": start})
             values = _objects(page.get("comments")) if isinstance(page, dict) else []
             yield from values
             start += len(values)
             total = page.get("total") if isinstance(page, dict) else None
             if not values or not isinstance(total, int) or start >= total:
                 return
+
+    # -- write-back -----------------------------------------------------------------------
+
+    def issue(self, id_or_key: str, fields: Sequence[str]) -> JsonObject | None:
+        """One issue with ``fields``; ``None`` when it is missing or hidden from us."""
+        data = self._get_or_none(f"/issue/{id_or_key}", {"fields": ",".join(fields)})
+        return data if isinstance(data, dict) else None
+
+    def comment_property(self, comment_id: str, key: str) -> JsonObject | None:
+        """A comment's entity property ``{"key": …, "value": …}``; ``None`` when unset."""
+        data = self.http.get_json(f"{API}/comment/{comment_id}/properties/{key}", allow=(404,))
+        return data if isinstance(data, dict) else None
+
+    def add_comment(
+        self, issue_id: str, body: JsonObject, *, allow: Collection[int] = ()
+    ) -> httpx.Response:
+        """``POST`` a comment (ADF ``body``, optional ``properties``); a status in ``allow``
+        is returned rather than raised."""
+        return self.http.request("POST", f"{API}/issue/{issue_id}/comment", json=body, allow=allow)

@@ -19,6 +19,11 @@ ACLs
     one side only are expanded to their members). What cannot be read (roles hidden from
     the API user, an unknown level) fails closed: readable by nobody.
 
+Write-back
+    ``post_comment`` (the ``Commenter`` protocol) comments on an issue. The comment carries
+    the entity property ``context-server`` = ``{"idempotency_key": key}``; the issue's
+    comments are searched for it first, so calling again with the same key posts nothing.
+
 Imports: stdlib, httpx, connectors.*.
 """
 
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
@@ -37,6 +44,7 @@ from pydantic import Field
 from connectors.base import (
     Change,
     Checkpoint,
+    CommentReceipt,
     Delete,
     DocRef,
     Failure,
@@ -44,6 +52,7 @@ from connectors.base import (
     Upsert,
 )
 from connectors.errors import ConfigError, CredentialError, SourceError
+from connectors.http import RETRY_STATUSES
 from connectors.jira.access import (
     JiraAccess,
     name_of,
@@ -73,6 +82,16 @@ ID_PAGE_SIZE = 5000
 #: Issues whose read failed are retried by id; past this many the cursor holds instead.
 MAX_RETRY_IDS = 500
 JQL_TIME = "%Y/%m/%d %H:%M"
+#: The comment entity property that holds a write-back's idempotency key.
+PROPERTY_KEY = "context-server"
+#: Jira Cloud refuses a comment longer than this many characters.
+MAX_COMMENT_CHARS = 32767
+#: A comment ``POST`` answered with a 5xx is tried this often. The issue's comments are
+#: searched for the key before every try: a comment that landed despite the error is found,
+#: not posted twice.
+WRITE_ATTEMPTS = 3
+_ISSUE_REF = re.compile(r"^(?:[0-9]+|[A-Z][A-Z0-9_]*-[0-9]+)$")
+_BLANK_LINE = re.compile(r"\n[ \t]*(?:\n[ \t]*)*\n")
 
 
 class JiraCheckpoint(Checkpoint):
@@ -107,6 +126,22 @@ def parse_time(value: object) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
+
+
+def markdown_to_adf(text: str) -> JsonObject:
+    """A plain ADF document for ``text``: one paragraph per block between blank lines, its
+    lines joined by hard breaks. Markdown syntax is kept as written, not rendered."""
+    paragraphs: list[JsonObject] = []
+    for block in _BLANK_LINE.split(text.strip()):
+        content: list[JsonObject] = []
+        for n, line in enumerate(block.splitlines()):
+            if n:
+                content.append({"type": "hardBreak"})
+            if line.rstrip():
+                content.append({"type": "text", "text": line.rstrip()})
+        if content:
+            paragraphs.append({"type": "paragraph", "content": content})
+    return {"type": "doc", "version": 1, "content": paragraphs}
 
 
 def _reader(data: bytes) -> Callable[[], bytes]:
@@ -400,7 +435,124 @@ class JiraConnector:
             self.access.project(key)
         yield from self.access.memberships()
 
+    # -- write-back -----------------------------------------------------------------------
+
+    def _commentable(self, external_id: str) -> tuple[str, str, str]:
+        """The issue's id, key and project key, once it is known to be in this source."""
+        if not _ISSUE_REF.match(external_id):
+            raise SourceError(
+                f"{external_id!r} is not a Jira issue id (e.g. 10001) or key (e.g. ENG-1)"
+            )
+        issue = self.client.issue(external_id, ["project"])
+        if issue is None or "id" not in issue:
+            raise SourceError(
+                f"Jira issue {external_id} does not exist or is not visible to this account"
+            )
+        fields = issue.get("fields")
+        project = name_of(fields.get("project") if isinstance(fields, dict) else None, "key")
+        key = str(issue.get("key") or external_id)
+        if self.config.projects and project not in self.config.projects:
+            raise SourceError(
+                f"Jira issue {key} is in project {project or '?'}, not one of this source's "
+                f"projects ({', '.join(self.config.projects)})"
+            )
+        return str(issue["id"]), key, project
+
+    def _marked(self, issue_id: str, idempotency_key: str) -> JsonObject | None:
+        """The first comment of the issue whose ``context-server`` property holds the key."""
+        for comment in self.client.comments(issue_id, 0, expand="properties"):
+            properties = comment.get("properties")
+            if not isinstance(properties, list):
+                # The listing did not expand the properties: ask for ours, comment by comment.
+                found = self.client.comment_property(str(comment.get("id")), PROPERTY_KEY)
+                properties = [found] if found is not None else []
+            for prop in properties:
+                if not isinstance(prop, dict) or prop.get("key") != PROPERTY_KEY:
+                    continue
+                value = prop.get("value")
+                if isinstance(value, dict) and value.get("idempotency_key") == idempotency_key:
+                    return comment
+        return None
+
+    def _receipt(self, key: str, comment: JsonObject, *, already_posted: bool) -> CommentReceipt:
+        comment_id = comment.get("id")
+        if comment_id is None:
+            raise SourceError(f"Jira answered a comment on {key} without its id")
+        return CommentReceipt(
+            comment_id=str(comment_id),
+            url=f"{self.config.browse_url}/browse/{key}?focusedCommentId={comment_id}",
+            already_posted=already_posted,
+        )
+
+    def post_comment(self, external_id: str, body: str, idempotency_key: str) -> CommentReceipt:
+        """Comment ``body`` (markdown, sent as plain ADF paragraphs) on the issue, with the
+        ``context-server`` property holding ``idempotency_key``, unless a comment of the issue
+        already has that property."""
+        if not idempotency_key.strip():
+            raise SourceError("the idempotency key is empty")
+        if not body.strip():
+            raise SourceError("nothing to post: the comment body is empty")
+        issue_id, key, project = self._commentable(external_id)
+        if len(body) > MAX_COMMENT_CHARS:
+            raise SourceError(
+                f"the comment for {key} has {len(body)} characters; Jira takes at most "
+                f"{MAX_COMMENT_CHARS}"
+            )
+        payload = {
+            "body": markdown_to_adf(body),
+            "properties": [{"key": PROPERTY_KEY, "value": {"idempotency_key": idempotency_key}}],
+        }
+        sent = False  # a POST answered with a 5xx may have created the comment all the same
+        last = ""
+        for attempt in range(WRITE_ATTEMPTS + 1):
+            found = self._marked(issue_id, idempotency_key)
+            if found is not None:
+                return self._receipt(key, found, already_posted=not sent)
+            if attempt == WRITE_ATTEMPTS:
+                break
+            response = self.client.add_comment(
+                issue_id, payload, allow=(400, 403, 404, *RETRY_STATUSES)
+            )
+            status = response.status_code
+            if status < 300:
+                try:
+                    created = response.json()
+                except ValueError:
+                    created = None
+                if not isinstance(created, dict):
+                    raise SourceError(f"Jira did not return the comment it made on {key}")
+                return self._receipt(key, created, already_posted=False)
+            if status in RETRY_STATUSES:
+                sent, last = True, f"{status} {response.reason_phrase}"
+                (self._sleep or time.sleep)(2.0**attempt)
+                continue
+            detail = _error_messages(response)
+            if status == 400 and "permission" not in detail.lower():
+                raise SourceError(f"Jira refused the comment on {key} (400): {detail}")
+            raise CredentialError(
+                f"Jira refused to comment on {key} ({status}: {detail}): the account may lack "
+                f"the Add comments permission in project {project or '?'} (an OAuth token "
+                "also needs the write:jira-work scope)"
+            )
+        raise SourceError(f"commenting on {key} failed {WRITE_ATTEMPTS} times; last: {last}")
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _error_messages(response: httpx.Response) -> str:
+    """Jira's ``errorMessages`` and ``errors``, else the start of the body."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        messages = [str(m) for m in data.get("errorMessages") or []]
+        errors = data.get("errors")
+        if isinstance(errors, dict):
+            messages += [f"{k}: {v}" for k, v in errors.items()]
+        if messages:
+            return "; ".join(messages)
+    return " ".join(response.text.split())[:300]

@@ -1,7 +1,8 @@
 """The jira connector against the shared contract and a fake Jira Cloud REST API v3.
 
-``FakeJira`` holds mutable state (issues, project roles, security levels, groups) and answers
-the endpoints the connector calls, in the documented shapes (``fixtures/jira/*.json``): the
+``FakeJira`` (``tests/fakes/jira.py``) holds mutable state (issues, project roles, security
+levels, groups) and answers the endpoints the connector calls, in the documented shapes
+(``fixtures/jira/*.json``): the
 enhanced search ``POST /rest/api/3/search/jql`` with ``nextPageToken``, the classic
 ``POST /rest/api/3/search`` with ``startAt``/``total``, and the ``startAt``/``isLast`` lists.
 It evaluates the small JQL subset the connector writes, reading times in the API user's zone
@@ -11,18 +12,13 @@ the end-to-end test, through a real local HTTP server.
 
 from __future__ import annotations
 
-import base64
-import copy
 import json
 import os
-import re
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -36,378 +32,13 @@ from connectors.jira.adf import to_markdown
 from connectors.jira.config import JiraConfig
 from connectors.jira.connector import JiraConnector
 from tests.contract.connector_contract import ConnectorContract, deletes, failures, run, upserts
-
-FIXTURES = Path(__file__).parent / "fixtures" / "jira"
-EMAIL, TOKEN = "mia@example.com", "jira-test-token"
-TOKEN_ENV = "JIRA_CONTRACT_TEST_TOKEN"
-API = "/rest/api/3"
-
-
-def fixture(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
-
-
-def adf(text: str) -> dict[str, Any]:
-    return {
-        "type": "doc",
-        "version": 1,
-        "content": [{"type": "paragraph", "content": [{"type": "text", "text": text}]}],
-    }
-
-
-def jira_time(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
-
-
-# -- a tiny JQL evaluator for the subset the connector writes ----------------------------
-
-_TOKEN = re.compile(r'"[^"]*"|\(|\)|,|>=|[^\s(),]+')
-
-
-class Jql:
-    def __init__(self, text: str, zone: ZoneInfo) -> None:
-        match = re.search(r"\s*\bORDER BY\s+(\w+)\s+(ASC|DESC)\s*$", text, re.IGNORECASE)
-        self.ordered = match is not None
-        body = text[: match.start()] if match else text
-        self.zone = zone
-        self.tokens = _TOKEN.findall(body)
-        self.pos = 0
-        self.predicate = self._or()
-        assert self.pos == len(self.tokens), f"unparsed JQL: {text}"
-
-    def _peek(self) -> str:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else ""
-
-    def _next(self) -> str:
-        token = self._peek()
-        self.pos += 1
-        return token
-
-    def _or(self) -> Callable[[dict[str, Any]], bool]:
-        parts = [self._and()]
-        while self._peek().upper() == "OR":
-            self._next()
-            parts.append(self._and())
-        return lambda issue: any(p(issue) for p in parts)
-
-    def _and(self) -> Callable[[dict[str, Any]], bool]:
-        parts = [self._atom()]
-        while self._peek().upper() == "AND":
-            self._next()
-            parts.append(self._atom())
-        return lambda issue: all(p(issue) for p in parts)
-
-    def _atom(self) -> Callable[[dict[str, Any]], bool]:
-        if self._peek() == "(":
-            self._next()
-            inner = self._or()
-            assert self._next() == ")"
-            return inner
-        name, op = self._next(), self._next().lower()
-        get = _FIELDS[name]
-        if op == "in":
-            assert self._next() == "("
-            values = set()
-            while (token := self._next()) != ")":
-                if token != ",":
-                    values.add(token.strip('"'))
-            return lambda issue: get(issue) in values
-        if op == "is":
-            assert self._next().lower() == "not" and self._next().upper() == "EMPTY"
-            return lambda issue: bool(get(issue))
-        if op == ">=":
-            local = datetime.strptime(self._next().strip('"'), "%Y/%m/%d %H:%M")
-            since = local.replace(tzinfo=self.zone)
-            return lambda issue: _minute(get(issue)) >= since
-        if op == "=":
-            value = self._next().strip('"')
-            return lambda issue: value in (get(issue) or [])
-        raise AssertionError(f"unsupported JQL operator {op!r}")
-
-
-def _minute(value: str) -> datetime:
-    when = datetime.fromisoformat(value)
-    return when.replace(second=0, microsecond=0)
-
-
-_FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "project": lambda i: i["fields"]["project"]["key"],
-    "id": lambda i: i["id"],
-    "level": lambda i: (i["fields"].get("security") or {}).get("id"),
-    "updated": lambda i: i["fields"]["updated"],
-    "labels": lambda i: i["fields"]["labels"],
-}
-
-
-# -- the fake ----------------------------------------------------------------------------
-
-
-class FakeJira:
-    def __init__(self, base: str = "https://acme.atlassian.net") -> None:
-        self.base = base
-        self.zone = ZoneInfo("Europe/Paris")
-        self.clock = datetime(2024, 1, 15, 8, 0, tzinfo=UTC)
-        self.issues: dict[str, dict[str, Any]] = {}
-        self.comments: dict[str, list[dict[str, Any]]] = {}
-        self.broken: set[str] = set()
-        self.inline_comments = 20
-        self.page_cap = 100
-        self.next_id = 10001
-        self.users = {
-            "5b10a2844c20165700ede21g": "mia@example.com",
-            "5b10ac8d82e05b22cc7d4ef5": "bob@example.com",
-            "557058:f58131cb-b67d-43c7-b30d-6b58d40bd077": None,  # email hidden
-        }
-        self.roles: dict[str, dict[str, tuple[str, list[dict[str, Any]]]]] = {}
-        self.hidden_roles: set[str] = set()
-        self.levels: dict[str, list[dict[str, Any]]] = {}
-        self.hidden_levels: set[str] = set()
-        self.groups: dict[str, tuple[str, list[str]]] = {}
-        self.inject: list[tuple[int, dict[str, str]]] = []
-        self.log: list[tuple[str, str, dict[str, Any]]] = []
-        self.add_project("ENG", developers=["group:jira-developers", "user:alice"])
-
-    # state ---------------------------------------------------------------------------
-
-    def tick(self) -> str:
-        self.clock += timedelta(minutes=3)
-        return jira_time(self.clock)
-
-    def add_project(self, key: str, developers: list[str]) -> None:
-        self.roles[key] = {"Developers": ("10360", [self.actor(p) for p in developers])}
-        self.roles[key]["Administrators"] = ("10002", [self.actor("user:admin")])
-
-    def actor(self, principal: str) -> dict[str, Any]:
-        role = copy.deepcopy(fixture("role.json"))
-        group, user = role["actors"]
-        kind, name = principal.split(":", 1)
-        if kind == "group":
-            group_id = f"gid-{name}"
-            group.update(displayName=name, name=name)
-            group["actorGroup"] = {"name": name, "displayName": name, "groupId": group_id}
-            self.groups.setdefault(name, (group_id, []))
-            return dict(group)
-        user["actorUser"] = {"accountId": name}
-        user["displayName"] = name
-        return dict(user)
-
-    def add(self, summary: str, text: str, project: str = "ENG", **fields: Any) -> str:
-        template = fixture("issue.json")
-        issue_id = str(self.next_id)
-        self.next_id += 1
-        number = sum(1 for i in self.issues.values() if i["key"].startswith(project + "-")) + 1
-        key = f"{project}-{number}"
-        issue = {
-            **template,
-            "id": issue_id,
-            "key": key,
-            "self": f"{self.base}{API}/issue/{issue_id}",
-        }
-        issue["fields"] = {
-            **template["fields"],
-            "summary": summary,
-            "description": adf(text),
-            "labels": [],
-            "project": {**template["fields"]["project"], "key": project, "name": project},
-            "updated": self.tick(),
-            **fields,
-        }
-        self.comments[issue_id] = list(issue["fields"].pop("comment")["comments"])
-        self.issues[issue_id] = issue
-        return issue_id
-
-    def update(self, issue_id: str, **fields: Any) -> None:
-        self.issues[issue_id]["fields"].update(fields, updated=self.tick())
-
-    def set_level(self, level_id: str, holders: list[dict[str, Any]], name: str = "") -> None:
-        self.levels[level_id] = holders
-        self.level_names = getattr(self, "level_names", {})
-        self.level_names[level_id] = name or f"Level {level_id}"
-
-    def security(self, level_id: str) -> dict[str, Any]:
-        names = getattr(self, "level_names", {})
-        return {
-            "self": f"{self.base}{API}/securitylevel/{level_id}",
-            "id": level_id,
-            "name": names.get(level_id, f"Level {level_id}"),
-            "description": "",
-        }
-
-    # HTTP ------------------------------------------------------------------------------
-
-    def handle(
-        self, method: str, path: str, params: dict[str, Any], body: Any, auth: str | None
-    ) -> tuple[int, Any, dict[str, str]]:
-        self.log.append((method, path, {**params, **(body or {})}))
-        if self.inject:
-            status, headers = self.inject.pop(0)
-            return status, {"errorMessages": ["injected"]}, headers
-        expected = "Basic " + base64.b64encode(f"{EMAIL}:{TOKEN}".encode()).decode()
-        if auth != expected:
-            return 401, {"errorMessages": ["Client must be authenticated."]}, {}
-        route = path.removeprefix(API)
-        if route == "/myself":
-            return 200, fixture("myself.json"), {}
-        if method == "POST" and route in ("/search/jql", "/search"):
-            return 200, self.search(body, classic=route == "/search"), {}
-        if m := re.fullmatch(r"/project/([A-Z0-9_]+)", route):
-            if m[1] not in self.roles:
-                return 404, {"errorMessages": ["No project could be found."]}, {}
-            return 200, {"id": "10000", "key": m[1], "name": m[1]}, {}
-        if m := re.fullmatch(r"/project/([A-Z0-9_]+)/role", route):
-            if m[1] in self.hidden_roles:
-                return 403, {"errorMessages": ["You cannot view project roles."]}, {}
-            roles = self.roles.get(m[1], {})
-            return (
-                200,
-                {n: f"{self.base}{API}/project/{m[1]}/role/{i}" for n, (i, _) in roles.items()},
-                {},
-            )
-        if m := re.fullmatch(r"/project/([A-Z0-9_]+)/role/(\d+)", route):
-            for name, (role_id, actors) in self.roles.get(m[1], {}).items():
-                if role_id == m[2]:
-                    role = fixture("role.json")
-                    role.update(name=name, id=int(role_id), actors=actors)
-                    return 200, role, {}
-            return 404, {"errorMessages": ["no role"]}, {}
-        if route == "/issuesecurityschemes/level/member":
-            level_id = str(params["levelId"])
-            if level_id in self.hidden_levels or level_id not in self.levels:
-                return 403, {"errorMessages": ["Administer Jira permission needed"]}, {}
-            values = [
-                {
-                    "id": str(n),
-                    "issueSecurityLevelId": level_id,
-                    "issueSecuritySchemeId": "10000",
-                    "holder": h,
-                }
-                for n, h in enumerate(self.levels[level_id])
-            ]
-            return 200, self.paged(values, params), {}
-        if route == "/group/member":
-            for name, (group_id, members) in self.groups.items():
-                if params.get("groupId") == group_id or params.get("groupname") == name:
-                    template = fixture("group_members.json")["values"][0]
-                    values = [
-                        {
-                            **template,
-                            "accountId": a,
-                            "displayName": a,
-                            "emailAddress": self.users.get(a) or f"{a}@example.com",
-                        }
-                        for a in members
-                    ]
-                    return 200, self.paged(values, params), {}
-            return 404, {"errorMessages": ["group not found"]}, {}
-        if route == "/user":
-            account = str(params["accountId"])
-            user = {"accountId": account, "displayName": account, "active": True}
-            if self.users.get(account):
-                user["emailAddress"] = self.users[account]
-            return 200, user, {}
-        if m := re.fullmatch(r"/issue/(\d+)/comment", route):
-            if m[1] in self.broken:
-                return 500, {"errorMessages": ["Internal server error"]}, {}
-            start, size = int(params.get("startAt", 0)), int(params.get("maxResults", 50))
-            comments = self.comments.get(m[1], [])
-            return (
-                200,
-                {
-                    "startAt": start,
-                    "maxResults": size,
-                    "total": len(comments),
-                    "comments": comments[start : start + size],
-                },
-                {},
-            )
-        return 404, {"errorMessages": [f"no route {method} {path}"]}, {}
-
-    def paged(self, values: list[Any], params: dict[str, Any]) -> dict[str, Any]:
-        start, size = int(params.get("startAt", 0)), int(params.get("maxResults", 50))
-        size = min(size, 50)
-        return {
-            "maxResults": size,
-            "startAt": start,
-            "total": len(values),
-            "isLast": start + size >= len(values),
-            "values": values[start : start + size],
-        }
-
-    def search(self, body: dict[str, Any], *, classic: bool) -> dict[str, Any]:
-        query = Jql(body["jql"], self.zone)
-        found = [i for i in self.issues.values() if query.predicate(i)]
-        if query.ordered:
-            found.sort(key=lambda i: (i["fields"]["updated"], int(i["id"])))
-        size = min(int(body.get("maxResults", 50)), self.page_cap)
-        if classic:
-            start = int(body.get("startAt", 0))
-        else:
-            token = body.get("nextPageToken")
-            start = int(base64.b64decode(token).decode()) if token else 0
-        page = [self.render(i, body.get("fields", [])) for i in found[start : start + size]]
-        if classic:
-            return {
-                "expand": "schema,names",
-                "startAt": start,
-                "maxResults": size,
-                "total": len(found),
-                "issues": page,
-            }
-        result: dict[str, Any] = {"issues": page, "isLast": start + size >= len(found)}
-        if not result["isLast"]:
-            result["nextPageToken"] = base64.b64encode(str(start + size).encode()).decode()
-        return result
-
-    def render(self, issue: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-        out = copy.deepcopy(issue)
-        out["fields"] = {k: v for k, v in out["fields"].items() if k in fields}
-        if "comment" in fields:
-            comments = self.comments.get(issue["id"], [])
-            shown = comments[: self.inline_comments]
-            if issue["id"] in self.broken:
-                shown = shown[:0]
-            total = len(comments) + (1 if issue["id"] in self.broken else 0)
-            out["fields"]["comment"] = {
-                "comments": shown,
-                "self": f"{self.base}{API}/issue/{issue['id']}/comment",
-                "maxResults": len(shown),
-                "total": total,
-                "startAt": 0,
-            }
-        return out
-
-    def transport(self) -> httpx.MockTransport:
-        def respond(request: httpx.Request) -> httpx.Response:
-            body = json.loads(request.content) if request.content else None
-            status, payload, headers = self.handle(
-                request.method,
-                request.url.path,
-                dict(request.url.params),
-                body,
-                request.headers.get("Authorization"),
-            )
-            return httpx.Response(status, json=payload, headers=headers)
-
-        return httpx.MockTransport(respond)
+from tests.fakes.jira import EMAIL, TOKEN, TOKEN_ENV, FakeJira, adf, fixture, serve_jira
+from tests.fakes.jira import make_connector as make
 
 
 @pytest.fixture(autouse=True)
 def _token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-
-
-def make(fake: FakeJira, sleeps: list[float] | None = None, **config: Any) -> JiraConnector:
-    settings: dict[str, Any] = {
-        "base_url": fake.base,
-        "email": EMAIL,
-        "api_token": {"env": TOKEN_ENV},
-        "projects": ["ENG"],
-        **config,
-    }
-    record = sleeps.append if sleeps is not None else (lambda _: None)
-    return JiraConnector(
-        JiraConfig.model_validate(settings), transport=fake.transport(), sleep=record
-    )
 
 
 # -- the shared contract -----------------------------------------------------------------
@@ -868,9 +499,7 @@ def test_the_readme_documents_every_config_key() -> None:
 
 @pytest.mark.model
 def test_cli_syncs_a_local_jira_and_searches_with_acls(tmp_path: Path, httpserver: Any) -> None:
-    from werkzeug import Request, Response
-
-    fake = FakeJira(base=httpserver.url_for("").rstrip("/"))
+    fake, _ = serve_jira(httpserver)
     fake.groups["jira-developers"] = ("gid-jira-developers", ["bob", "carol"])
     fake.add("Payroll export fails", "The payroll export to the bank fails every Friday night.")
     # carol holds the level and browses ENG (a developer); erin holds it but may not browse
@@ -884,21 +513,6 @@ def test_cli_syncs_a_local_jira_and_searches_with_acls(tmp_path: Path, httpserve
     fake.add(
         "Office plants", "Water the office plants on Mondays.", security=fake.security("10100")
     )
-
-    def handler(request: Request) -> Response:
-        body = json.loads(request.get_data()) if request.get_data() else None
-        status, payload, headers = fake.handle(
-            request.method,
-            request.path,
-            dict(request.args),
-            body,
-            request.headers.get("Authorization"),
-        )
-        return Response(
-            json.dumps(payload), status=status, headers=headers, content_type="application/json"
-        )
-
-    httpserver.expect_request(re.compile(r"^/rest/.*")).respond_with_handler(handler)
     (tmp_path / "jira.yaml").write_text(
         "name: tickets\nkind: jira\nconfig:\n"
         f"  base_url: {fake.base}\n  email: {EMAIL}\n"
