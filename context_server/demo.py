@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import sys
 from pathlib import Path
@@ -82,6 +84,16 @@ def print_try(console: Console, settings: Settings, directory: Path, serving: bo
         f"{command} context 'What is the 2027 marketing budget?' "
         "--agent finance-assistant --on-behalf-of user:dana",
         f"{command} keys create --agent helpdesk   # then POST /v1/context with the key",
+    ):
+        console.print(f"  [cyan]{escape(line)}[/cyan]")
+    console.print("\n  An agent run, reviewed by a human before its answer ships:\n")
+    question = json.dumps({"question": "How many vacation days do I get?"})
+    for line in (
+        f"{command} agents run policy-answerer --on-behalf-of user:carol --input '{question}'",
+        f"{command} worker --until-idle   # `serve` works through runs by itself",
+        f"{command} review list --state pending",
+        f"{command} review show REVIEW_ID --as user:frank",
+        f"{command} review approve REVIEW_ID --as user:frank   # writes <data dir>/outbox/",
     ):
         console.print(f"  [cyan]{escape(line)}[/cyan]")
     console.print(
