@@ -26,6 +26,7 @@ from context_server.settings import Settings
 from context_server.store.models import AgentRun, AuditEvent
 from context_server.worker import Worker
 from indexing.embed import FakeHashEmbedder
+from tests.fakes.openai_server import FakeOpenAI
 
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -492,3 +493,32 @@ def test_webhook_shipping_sends_an_idempotency_key_and_failures_can_be_retried(
     body = received[-1].get_json()
     assert body["review_id"] == rid and body["approvals"][0]["actor"] == "user:lena"
     assert body["citations"] and body["content"] == org.review_of(run_id)["content"]
+
+
+def test_an_openai_harness_run_drafts_from_a_local_compatible_server(
+    org: Org, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_KEY_FOR_TEST", "sk-local")
+
+    def answer(body: dict[str, Any]) -> str:
+        prompt = body["messages"][-1]["content"]
+        assert "[1]" in prompt and "27 days of paid leave" in prompt
+        return "Employees get 27 days of paid leave [1]."
+
+    with FakeOpenAI(answer=answer) as llm:
+        harness = {
+            "kind": "openai",
+            "base_url": llm.url,
+            "model": "local-model",
+            "api_key": {"env": "LLM_KEY_FOR_TEST"},
+        }
+        org.write_agent(answerer(org.outbox, harness=harness))
+        run_id = org.run("How many days of paid leave?")
+        org.work()
+        (request,) = llm.requests
+    assert request.bearer == "sk-local" and request.json["model"] == "local-model"
+    run = org.client.get(f"/v1/runs/{run_id}", headers=ADMIN).json()
+    assert run["harness_output"]["metadata"]["model"]
+    review = org.review_of(run_id)
+    assert review["content"] == "Employees get 27 days of paid leave [1]."
+    assert review["evidence"]["items"]
