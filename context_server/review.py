@@ -262,16 +262,14 @@ class ReviewDesk:
                     + "); look at it again, then approve with override_stale "
                     "(CLI: --override-stale) to approve anyway"
                 )
-            if any(
-                a["actor"] == actor for a in self._approvals(review, session_events=review.events)
-            ):
+            if any(a["actor"] == actor for a in self._approvals(review)):
                 raise ConflictError(f"{actor} already approved revision {review.revision}")
             detail: dict[str, Any] = {"stale": evidence["stale"]}
             if evidence["stale"]:
                 detail.update(override_stale=True, evidence_counts=evidence["counts"])
             self._event(session, review, actor, "approve", comment, detail)
             session.flush()
-            approvals = self._approvals(review, session_events=review.events)
+            approvals = self._approvals(review)
             if len(approvals) >= review.required:
                 review.state = "approved"
                 review.decided_at = self.clock()
@@ -601,12 +599,11 @@ class ReviewDesk:
             )
         return review
 
-    def _approvals(
-        self, review: Review, session_events: list[ReviewEvent] | None = None
-    ) -> list[dict[str, Any]]:
+    @staticmethod
+    def _approvals(review: Review) -> list[dict[str, Any]]:
         """Distinct approvers of the current revision."""
         seen: dict[str, dict[str, Any]] = {}
-        for event in session_events if session_events is not None else review.events:
+        for event in review.events:
             if event.action == "approve" and event.revision == review.revision:
                 seen.setdefault(event.actor, {"actor": event.actor, "at": _iso(event.at)})
         return list(seen.values())

@@ -25,7 +25,7 @@ from context_server.durations import parse_duration
 from context_server.errors import ContextServerError
 from context_server.keys import ADMIN
 from context_server.review import ReviewDesk
-from context_server.runs import RunQueue
+from context_server.runs import RunQueue, manual_run
 from context_server.runtime import Runtime
 from context_server.settings import Settings
 from indexing.errors import IndexingError
@@ -65,8 +65,6 @@ def agents_run(
 ) -> None:
     """Queue a manual run; a worker (`worker`, or `serve`) does it, and its output waits
     in the review queue."""
-    from context_server.api.review_routes import enqueue_manual
-
     data: dict[str, Any] = {}
     if input_ is not None:
         try:
@@ -76,7 +74,7 @@ def agents_run(
         if not isinstance(data, dict):
             fail("--input must be a JSON object", as_json)
     with store_session(as_json) as runtime:
-        queued = enqueue_manual(runtime, ADMIN, name, on_behalf_of, data)
+        queued = manual_run(runtime, ADMIN, name, on_behalf_of, data)
     if as_json:
         print_json({"run_id": queued["run_id"]})
     else:

@@ -25,7 +25,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from context_server.agents import Agent
-from context_server.errors import ConflictError, NotFoundError, SpecError
+from context_server.errors import ConflictError, ForbiddenError, NotFoundError, SpecError
+from context_server.keys import Caller
+from context_server.routing import ContextRouter
 from context_server.store.models import AgentRun, as_utc
 
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -349,3 +351,32 @@ class RunQueue:
         if run is None:
             raise NotFoundError(f"no run {run_id!r}")
         return run
+
+
+def manual_run(
+    runtime: Any, caller: Caller, agent_name: str, user: str | None, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Queue a manual run after checking, now, that the agent may act for the user."""
+    agent = runtime.agents.get(agent_name)
+    if caller.kind == "agent" and caller.subject != agent_name:
+        raise ForbiddenError(f"this key belongs to agent {caller.subject!r}")
+    user = user or agent.spec.default_user()
+    if caller.kind == "user":
+        if user not in (None, caller.subject):
+            raise ForbiddenError(f"this key belongs to {caller.subject}; not {user}")
+        user = caller.subject
+    if user is None:
+        raise SpecError("give on_behalf_of: the user the run acts for")
+    if not agent.spec.runnable:
+        raise SpecError(f"agent {agent_name!r} has no harness; it serves context only")
+    ContextRouter(runtime).scope(Caller(kind="agent", subject=agent_name), agent_name, user)
+    done = RunQueue(runtime.sessions).enqueue(
+        agent,
+        trigger_kind="manual",
+        trigger_key=f"manual:{uuid.uuid4()}",
+        on_behalf_of=user,
+        requested_by=caller.label,
+        input=data,
+        trigger={"kind": "manual"},
+    )
+    return done.to_json()

@@ -8,7 +8,6 @@ decides as its user, the admin token names one with ``as``. Agent keys never dec
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,12 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from context_server.api.deps import CallerDep, RuntimeDep
 from context_server.durations import parse_duration
-from context_server.errors import ForbiddenError, NotFoundError, SpecError
+from context_server.errors import ForbiddenError, NotFoundError
 from context_server.keys import Caller
 from context_server.review import ReviewDesk
-from context_server.routing import ContextRouter
-from context_server.runs import RunQueue
-from context_server.runtime import Runtime
+from context_server.runs import RunQueue, manual_run
 
 router = APIRouter(prefix="/v1")
 
@@ -45,38 +42,9 @@ class RunRequest(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict, description="Fills the query template.")
 
 
-def enqueue_manual(
-    runtime: Runtime, caller: Caller, agent_name: str, user: str | None, data: dict[str, Any]
-) -> dict[str, Any]:
-    """Queue a manual run after checking, now, that the agent may act for the user."""
-    agent = runtime.agents.get(agent_name)
-    if caller.kind == "agent" and caller.subject != agent_name:
-        raise ForbiddenError(f"this key belongs to agent {caller.subject!r}")
-    user = user or agent.spec.default_user()
-    if caller.kind == "user":
-        if user not in (None, caller.subject):
-            raise ForbiddenError(f"this key belongs to {caller.subject}; not {user}")
-        user = caller.subject
-    if user is None:
-        raise SpecError("give on_behalf_of: the user the run acts for")
-    if not agent.spec.runnable:
-        raise SpecError(f"agent {agent_name!r} has no harness; it serves context only")
-    ContextRouter(runtime).scope(Caller(kind="agent", subject=agent_name), agent_name, user)
-    done = RunQueue(runtime.sessions).enqueue(
-        agent,
-        trigger_kind="manual",
-        trigger_key=f"manual:{uuid.uuid4()}",
-        on_behalf_of=user,
-        requested_by=caller.label,
-        input=data,
-        trigger={"kind": "manual"},
-    )
-    return done.to_json()
-
-
 @router.post("/agents/{name}/runs")
 def run_agent(name: str, body: RunRequest, runtime: RuntimeDep, caller: CallerDep) -> Any:
-    return enqueue_manual(runtime, caller, name, body.on_behalf_of, body.input)
+    return manual_run(runtime, caller, name, body.on_behalf_of, body.input)
 
 
 def _sees_run(caller: Caller, run: dict[str, Any]) -> bool:
