@@ -83,7 +83,12 @@ def test_demo_agents_route_context_by_their_acting_mode(
     from context_server.routing import ContextRouter
 
     runtime, report = demo
-    assert report["agents"] == ["finance-assistant", "helpdesk", "onboarding-buddy"]
+    assert report["agents"] == [
+        "finance-assistant",
+        "helpdesk",
+        "onboarding-buddy",
+        "policy-answerer",
+    ]
     router = ContextRouter(runtime)
     budget = document_id("drive", "finance/budget-2027.xlsx")
     query = "What is the 2027 marketing budget?"
@@ -103,3 +108,33 @@ def test_demo_agents_route_context_by_their_acting_mode(
     assert budget not in documents("onboarding-buddy", "user:alice")
     with pytest.raises(ForbiddenError, match="does not serve user:grace"):
         router.route(ADMIN, "helpdesk", "user:grace", query)
+
+
+def test_the_demo_policy_answerer_runs_is_reviewed_and_ships_into_the_outbox(
+    demo: tuple[Runtime, dict[str, Any]],
+) -> None:
+    from context_server.errors import ForbiddenError
+    from context_server.keys import ADMIN
+    from context_server.review import ReviewDesk
+    from context_server.runs import manual_run
+    from context_server.worker import Worker
+
+    runtime, _ = demo
+    question = {"question": "How many vacation days do I get?"}
+    run = manual_run(runtime, ADMIN, "policy-answerer", "user:carol", question)
+    assert Worker(runtime).until_idle()["processed"] == 1
+    desk = ReviewDesk(runtime)
+    (review,) = [
+        r
+        for r in desk.list_reviews(agent="policy-answerer")["reviews"]
+        if r["run_id"] == run["run_id"]
+    ]
+    shown = desk.show(review["id"], "user:frank")
+    assert "26 paid vacation days" in shown["content"]
+    assert "holidays.txt" in {i.get("title") for i in shown["evidence"]["items"]}
+    with pytest.raises(ForbiddenError, match="may not review"):
+        desk.approve(review["id"], "user:carol")  # engineering, not people-ops
+    assert desk.approve(review["id"], "user:frank")["state"] == "shipped"
+    outbox = runtime.settings.home / "outbox"
+    (shipped,) = outbox.glob("*.md")
+    assert shipped.read_text() == shown["content"]
