@@ -10,7 +10,7 @@ export UNSTRUCTURED_DISABLE_NOTICE = 1
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install demo test bench lint format clean chromium
 
 install: $(VENV)/.installed
 
@@ -23,10 +23,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	-$(BIN)/pip uninstall -y -q torchvision 2>/dev/null
 	touch $@
 
+# Browser tests drive Debian's chromium; Playwright never downloads a browser.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 demo: install
 	$(BIN)/context-server demo
 
-test: install
+test: install chromium
 	$(BIN)/pytest
 
 bench: install
