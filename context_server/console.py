@@ -49,17 +49,24 @@ def sync_status(r: SyncReport) -> str:
 
 
 @contextmanager
-def backend_session(as_json: bool) -> Iterator[Backend]:
-    """Connect (through a running `serve`, else in-process), and turn every domain error
-    into a clear message and exit status 1."""
-    backend: Backend | None = None
+def domain_errors(as_json: bool) -> Iterator[None]:
+    """Turn every domain error into a clear message and exit status 1."""
     try:
-        backend = connect(Settings())
-        yield backend
+        yield
     except (ContextServerError, ConnectorError, IndexingError) as exc:
         fail(str(exc), as_json)
-    except ValueError as exc:  # settings from the environment
-        fail(f"bad setting: {exc}", as_json)
-    finally:
-        if backend is not None:
-            backend.close()
+    except ValueError as exc:  # settings from the environment, bad input
+        fail(f"bad setting or input: {exc}", as_json)
+
+
+@contextmanager
+def backend_session(as_json: bool) -> Iterator[Backend]:
+    """Connect (through a running `serve`, else in-process); errors as ``domain_errors``."""
+    backend: Backend | None = None
+    with domain_errors(as_json):
+        try:
+            backend = connect(Settings())
+            yield backend
+        finally:
+            if backend is not None:
+                backend.close()

@@ -18,17 +18,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from connectors.errors import ConnectorError
 from context_server.audit import parse_time
-from context_server.console import JsonOpt, err, fail, out, print_json
+from context_server.console import JsonOpt, domain_errors, err, fail, out, print_json
 from context_server.durations import parse_duration
-from context_server.errors import ContextServerError
 from context_server.keys import ADMIN
 from context_server.review import ReviewDesk
 from context_server.runs import RunQueue, manual_run
 from context_server.runtime import Runtime
 from context_server.settings import Settings
-from indexing.errors import IndexingError
 
 runs_app = typer.Typer(no_args_is_help=True, help="Agent runs: the queue and its records.")
 review_app = typer.Typer(no_args_is_help=True, help="The review queue: look, decide, ship.")
@@ -39,18 +36,15 @@ CommentOpt = Annotated[str, typer.Option(help="A note kept with the decision.")]
 
 @contextmanager
 def store_session(as_json: bool) -> Iterator[Runtime]:
-    """The store (no index), with domain errors turned into a message and exit status 1."""
+    """The store (no index); errors as ``console.domain_errors``."""
     runtime: Runtime | None = None
-    try:
-        runtime = Runtime(Settings())
-        yield runtime
-    except (ContextServerError, ConnectorError, IndexingError) as exc:
-        fail(str(exc), as_json)
-    except ValueError as exc:
-        fail(f"bad setting or input: {exc}", as_json)
-    finally:
-        if runtime is not None:
-            runtime.close()
+    with domain_errors(as_json):
+        try:
+            runtime = Runtime(Settings())
+            yield runtime
+        finally:
+            if runtime is not None:
+                runtime.close()
 
 
 def agents_run(
