@@ -402,6 +402,30 @@ def serve() -> None:
         fail(str(exc), False)
 
 
+@app.command("mcp-config")
+def mcp_config(
+    client: Annotated[
+        str,
+        typer.Option(help="claude-desktop, cursor, vscode or generic (type http, url, headers)."),
+    ] = "generic",
+    key: Annotated[
+        str | None, typer.Option(help="Put this API key in the snippet (default: a placeholder).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print an MCP client configuration for this server's /mcp endpoint (see docs/mcp.md)."""
+    from context_server.mcp_server import CLIENTS, config_json
+
+    if client not in CLIENTS:
+        fail(f"unknown client {client!r}: one of {', '.join(CLIENTS)}", as_json)
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        fail(f"bad setting: {exc}", as_json)
+    report = config_json(client, settings, key)
+    print_json(report if as_json else report["config"])
+
+
 @app.command()
 def demo(
     directory: Annotated[Path, typer.Option("--dir", help="The demo organization.")] = DEMO_DIR,

@@ -91,8 +91,8 @@ def print_try(console: Console, settings: Settings, directory: Path, serving: bo
         f"{command} agents run policy-answerer --on-behalf-of user:carol --input '{question}'",
         f"{command} worker --until-idle   # `serve` works through runs by itself",
         f"{command} review list --state pending",
-        f"{command} review show REVIEW_ID --as user:frank",
-        f"{command} review approve REVIEW_ID --as user:frank   # writes <data dir>/outbox/",
+        f"{command} review show REVIEW_ID --as user:dan",
+        f"{command} review approve REVIEW_ID --as user:dan   # writes <data dir>/outbox/",
     ):
         console.print(f"  [cyan]{escape(line)}[/cyan]")
     console.print(

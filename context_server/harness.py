@@ -170,7 +170,7 @@ def extractive(spec: ExtractiveHarness, task: HarnessTask) -> HarnessResult:
             lines.append(f"- {' '.join(sentences[: spec.sentences_per_passage])} [{n}]")
         lines += ["", "Sources:", ""]
         for n, item in enumerate(items[: spec.max_passages], 1):
-            lines.append(_source_line(n, item))
+            lines.append(f"- {_source_line(n, item)}")
     return HarnessResult(
         content="\n".join(lines) + "\n",
         title=task.query.strip()[:200] or None,

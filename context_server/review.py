@@ -152,8 +152,33 @@ class ReviewDesk:
             )
         out["evidence"] = self.evidence(review_id, viewer)
         if viewer is not None:
-            out["may_review"] = self.refusal(viewer, review_id) is None
+            withheld = self._withheld(review_id, viewer, out["evidence"])
+            if withheld is not None:
+                _withhold(out, withheld)
+            out["may_review"] = withheld is None and self.refusal(viewer, review_id) is None
         return out
+
+    def _withheld(self, review_id: str, viewer: str, evidence: dict[str, Any]) -> str | None:
+        """Why ``viewer`` may not see the artifact, or ``None``. The artifact is made from
+        what the run read: whoever may not read one of its cited documents (or the document
+        that triggered the run) sees neither the artifact nor its revisions, and may not
+        decide on it; someone who can read them all must."""
+        unreadable = int(evidence.get("redacted") or 0)
+        with self.sessions() as session:
+            review = self._get(session, review_id)
+            run = session.get(AgentRun, review.run_id)
+            trigger_doc = ((run.trigger if run else {}) or {}).get("document") or {}
+            if trigger_doc.get("id"):
+                document = session.get(Document, trigger_doc["id"])
+                principals = self.runtime.directory.principals_for(viewer)
+                if document is None or not Acl.model_validate(document.acl).grants(principals):
+                    unreadable += 1
+        if not unreadable:
+            return None
+        return (
+            f"withheld: this draft was made from {unreadable} document(s) {viewer} may not "
+            "read; a reviewer who may read them all must decide"
+        )
 
     def evidence(self, review_id: str, viewer: str | None) -> dict[str, Any]:
         with self.sessions() as session:
@@ -303,7 +328,9 @@ class ReviewDesk:
     def request_changes(
         self, review_id: str, actor: str, *, comment: str, caller: Caller = ADMIN
     ) -> dict[str, Any]:
-        """Close this review and run the agent again with ``comment`` as extra input."""
+        """Close this review and run the agent again with ``comment`` as extra input (an
+        agent without a harness, which submitted through MCP, is not re-run: the comment
+        waits on the review for it)."""
         if not comment.strip():
             raise SpecError("say what should change: a comment is required")
         with self.sessions() as session:
@@ -320,17 +347,19 @@ class ReviewDesk:
             self._audit(session, caller, review, "request_changes", "allowed", actor)
             session.commit()
         agent = self.runtime.agents.get(agent_name)
-        rerun = self.queue.enqueue(
-            agent,
-            trigger_kind="changes",
-            trigger_key=f"changes:{review_id}",
-            on_behalf_of=user,
-            requested_by=actor,
-            input=run_input,
-            trigger=trigger,
-        )
+        rerun_id = None
+        if agent.spec.runnable:  # an external agent (MCP submit) reads the comment instead
+            rerun_id = self.queue.enqueue(
+                agent,
+                trigger_kind="changes",
+                trigger_key=f"changes:{review_id}",
+                on_behalf_of=user,
+                requested_by=actor,
+                input=run_input,
+                trigger=trigger,
+            ).run_id
         out = self.show(review_id)
-        out["rerun_id"] = rerun.run_id
+        out["rerun_id"] = rerun_id
         return out
 
     def comment(
@@ -581,6 +610,10 @@ class ReviewDesk:
             refusal = f"this key belongs to {caller.subject}; it may not decide as {actor}"
         else:
             refusal = self._refusal(actor, review)
+        if refusal is None and actor.startswith("user:"):
+            refusal = self._withheld(review_id, actor, self.evidence(review_id, actor))
+            if refusal is not None:
+                refusal = refusal.removeprefix("withheld: ")
         if refusal is not None:
             self._audit(session, caller, review, action, "denied", refusal)
             session.commit()
@@ -655,6 +688,17 @@ class ReviewDesk:
 
 def new_review_id() -> str:
     return str(uuid.uuid4())
+
+
+def _withhold(shown: dict[str, Any], reason: str) -> None:
+    """Blank what a review page shows of the artifact and of what the run read."""
+    shown.update(content=None, content_withheld=reason, title="(withheld)")
+    shown["revisions"] = [{**r, "diff": None} for r in shown["revisions"]]
+    shown["events"] = [{**e, "detail": {}} if e["action"] == "ship" else e for e in shown["events"]]
+    if shown.get("run"):
+        shown["run"] = {**shown["run"], "trigger": None, "input": None, "query": None}
+    shown["target"] = None
+    shown["evidence"] = {**shown["evidence"], "query": None}
 
 
 def _summary(review: Review) -> dict[str, Any]:

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         "`context-server worker` processes run them).",
     )
 
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key signing the web pages' session cookies. Unset: a random key per "
+        "process (a restart logs everyone out; several API processes need one shared key).",
+    )
+
     @field_validator("embed_backend")
     @classmethod
     def _backend(cls, v: str) -> str:

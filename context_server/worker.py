@@ -287,49 +287,9 @@ class Worker:
                     "outcome": "succeeded",
                 },
             ]
-            review_id = new_review_id()
-            expires = spec.review.expires_after
-            ship = spec.ship.model_dump(mode="json") if spec.ship is not None else None
-            if ship is not None and ship["kind"] == "file":
-                ship["dir"] = str((agent.path.parent / ship["dir"]).resolve())
-            review = Review(
-                id=review_id,
-                run_id=run.id,
-                agent=spec.name,
-                agent_version=agent.version,
-                on_behalf_of=run.on_behalf_of,
-                bundle_id=run.bundle_id,
-                state="pending",
-                title=str(output.get("title") or task.query)[:1000],
-                output=spec.output.model_dump(mode="json"),
-                approvers=list(spec.review.approvers),
-                required=spec.review.required,
-                ship=ship,
-                target=self._target(session, run),
-                revision=1,
-                expires_at=now + parse_duration(expires) if expires else None,
-                ship_key=f"context-server-review-{review_id}",
-                ship_attempts=0,
-                created_at=now,
-            )
-            review.revisions.append(
-                ReviewRevision(
-                    number=1,
-                    content=str(output["content"]),
-                    author=f"agent:{spec.name}",
-                    diff="",
-                    created_at=now,
-                )
-            )
-            review.events.append(
-                ReviewEvent(
-                    actor=f"agent:{spec.name}",
-                    action="submit",
-                    revision=1,
-                    comment="",
-                    detail={"run_id": run.id},
-                    at=now,
-                )
+            title = output.get("title")
+            review = new_review(
+                session, run, agent, str(output["content"]), str(title) if title else None, now
             )
             session.add(review)
             session.commit()
@@ -395,6 +355,61 @@ class Worker:
             if done.created:
                 queued.append(done.run_id)
         return queued
+
+
+def new_review(
+    session: Any, run: AgentRun, agent: Agent, content: str, title: str | None, now: datetime
+) -> Review:
+    """The pending review of a succeeded run's artifact: built here for the worker's runs
+    and for artifacts external agents hand in over MCP, so both enter the same queue
+    with the same approvers, shipping and expiry."""
+    spec = agent.spec
+    assert spec.review is not None
+    review_id = new_review_id()
+    expires = spec.review.expires_after
+    ship = spec.ship.model_dump(mode="json") if spec.ship is not None else None
+    if ship is not None and ship["kind"] == "file":
+        ship["dir"] = str((agent.path.parent / ship["dir"]).resolve())
+    review = Review(
+        id=review_id,
+        run_id=run.id,
+        agent=spec.name,
+        agent_version=agent.version,
+        on_behalf_of=run.on_behalf_of,
+        bundle_id=run.bundle_id,
+        state="pending",
+        title=str(title or run.query or "")[:1000],
+        output=spec.output.model_dump(mode="json"),
+        approvers=list(spec.review.approvers),
+        required=spec.review.required,
+        ship=ship,
+        target=Worker._target(session, run),
+        revision=1,
+        expires_at=now + parse_duration(expires) if expires else None,
+        ship_key=f"context-server-review-{review_id}",
+        ship_attempts=0,
+        created_at=now,
+    )
+    review.revisions.append(
+        ReviewRevision(
+            number=1,
+            content=content,
+            author=f"agent:{spec.name}",
+            diff="",
+            created_at=now,
+        )
+    )
+    review.events.append(
+        ReviewEvent(
+            actor=f"agent:{spec.name}",
+            action="submit",
+            revision=1,
+            comment="",
+            detail={"run_id": run.id},
+            at=now,
+        )
+    )
+    return review
 
 
 def enqueue_events(runtime: Any, source: str, since: datetime) -> list[str]:

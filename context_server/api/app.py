@@ -14,8 +14,10 @@ from context_server import __version__
 from context_server.api.review_routes import router as reviews
 from context_server.api.routes import admin, public, v1
 from context_server.errors import ConflictError, ForbiddenError, NotFoundError, SpecError
+from context_server.mcp_server import mount as mount_mcp
 from context_server.runtime import Runtime
 from context_server.settings import Settings
+from context_server.web import install as install_web
 from indexing.errors import EmbedderMismatchError, IndexLockedError, IndexUnavailableError
 
 # The only place HTTP statuses meet domain errors.
@@ -47,7 +49,8 @@ def create_app(
         owned = runtime is None
         app.state.runtime = runtime or Runtime(settings)
         try:
-            yield
+            async with mcp.running():  # the MCP session manager lives as long as the app
+                yield
         finally:
             if owned:
                 app.state.runtime.close()
@@ -61,6 +64,8 @@ def create_app(
     app.include_router(v1)
     app.include_router(admin)
     app.include_router(reviews)
+    mcp = mount_mcp(app, settings)  # /mcp: the same keys and rules as the REST API
+    install_web(app, settings)  # before any catch-all mount: /ui pages, static files, sessions
 
     for error, status in STATUS_BY_ERROR:
 

@@ -24,6 +24,13 @@ def get_router(request: Request) -> ContextRouter:
     return ContextRouter(get_runtime(request))
 
 
+def authenticate(runtime: Runtime, admin_token: str, token: str) -> Caller | None:
+    """The server's admin token, or an API key; ``None`` for anything else."""
+    if secrets.compare_digest(token.encode(), admin_token.encode()):
+        return ADMIN
+    return runtime.authenticate(token)
+
+
 def get_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -36,10 +43,9 @@ def get_caller(
             "(create one with `context-server keys create`)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    token = credentials.credentials
-    if secrets.compare_digest(token.encode(), request.app.state.admin_token.encode()):
-        return ADMIN
-    caller = get_runtime(request).authenticate(token)
+    caller = authenticate(
+        get_runtime(request), request.app.state.admin_token, credentials.credentials
+    )
     if caller is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -86,13 +86,13 @@ def cancel_run(run_id: str, runtime: RuntimeDep, caller: CallerDep) -> Any:
 # -- reviews -------------------------------------------------------------------------------
 
 
-def _viewer(caller: Caller) -> str | None:
+def evidence_viewer(caller: Caller) -> str | None:
     """Whose permissions redact evidence: a user key's user; the admin and the agent that
     produced the review see it whole."""
     return caller.subject if caller.kind == "user" else None
 
 
-def _visible(desk: ReviewDesk, caller: Caller, review: dict[str, Any]) -> bool:
+def review_visible(desk: ReviewDesk, caller: Caller, review: dict[str, Any]) -> bool:
     if caller.kind == "admin":
         return True
     if caller.kind == "agent":
@@ -115,13 +115,13 @@ def list_reviews(
     age = parse_duration(older_than) if older_than else None
     listing = desk.list_reviews(state, agent, age, limit)
     if caller.kind != "admin":
-        listing["reviews"] = [r for r in listing["reviews"] if _visible(desk, caller, r)]
+        listing["reviews"] = [r for r in listing["reviews"] if review_visible(desk, caller, r)]
     return listing
 
 
 def _shown(desk: ReviewDesk, caller: Caller, review_id: str) -> dict[str, Any]:
-    review = desk.show(review_id, _viewer(caller))
-    if not _visible(desk, caller, review):
+    review = desk.show(review_id, evidence_viewer(caller))
+    if not review_visible(desk, caller, review):
         raise NotFoundError(f"no review {review_id!r} visible to this key")
     return review
 

@@ -85,7 +85,7 @@ class Org:
         assert r.status_code == 200, r.text
         return {"Authorization": f"Bearer {r.json()['key']}"}
 
-    def run(self, question: str, user: str = "user:alice", agent: str = "answerer") -> str:
+    def run(self, question: str, user: str = "user:zoe", agent: str = "answerer") -> str:
         r = self.client.post(
             f"/v1/agents/{agent}/runs",
             json={"on_behalf_of": user, "input": {"question": question}},
@@ -257,7 +257,13 @@ def test_a_reviewer_sees_citations_they_may_not_read_redacted(org: Org) -> None:
     redacted = [i for i in shown["evidence"]["items"] if i["redacted"]]
     assert len(redacted) == 1 and shown["evidence"]["redacted"] == 1
     assert set(redacted[0]) == {"n", "redacted", "source", "status"}
-    assert "12 days" not in str(shown["evidence"]) and shown["may_review"] is True
+    assert "12 days" not in str(shown) and shown["may_review"] is False
+    # the draft was made from it: withheld from her, and she may not decide on it
+    assert shown["content"] is None and "may not read" in shown["content_withheld"]
+    assert all(r["diff"] is None for r in shown["revisions"]) and shown["run"]["query"] is None
+    r = org.decide(review["id"], "approve", headers=lena)
+    assert r.status_code == 403 and "may not read" in r.json()["detail"]
+    assert org.decide(review["id"], "approve", **{"as": "user:lena"}).status_code == 403
     # zoe may neither review nor was it made for her: not visible at all
     zoe = org.key(user="user:zoe")
     assert org.client.get(f"/v1/reviews/{review['id']}", headers=zoe).status_code == 404

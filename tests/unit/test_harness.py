@@ -86,8 +86,8 @@ def test_extractive_cites_each_passage_and_lists_its_source() -> None:
         "\n"
         "Sources:\n"
         "\n"
-        "[1] Refund policy (wiki, v3) <https://wiki.example/refunds>\n"
-        "[2] Enterprise terms (drive, v7)\n"
+        "- [1] Refund policy (wiki, v3) <https://wiki.example/refunds>\n"
+        "- [2] Enterprise terms (drive, v7)\n"
     )
     assert result.title == "How long do refunds take?"
     assert result.metadata == {"harness": "extractive", "passages": 2}
