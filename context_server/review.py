@@ -38,6 +38,7 @@ from context_server.store.models import (
     AgentRun,
     AuditEvent,
     Bundle,
+    BundleItem,
     Document,
     Review,
     ReviewEvent,
@@ -91,7 +92,10 @@ class ReviewDesk:
         agent: str | None = None,
         older_than: timedelta | None = None,
         limit: int = 100,
+        viewer: str | None = None,
     ) -> dict[str, Any]:
+        """Reviews, newest first. ``viewer`` (a user): titles of reviews made from documents
+        they may not read are withheld, as on the review itself."""
         if state is not None and state not in REVIEW_STATES:
             raise SpecError(f"unknown review state {state!r}; known: {', '.join(REVIEW_STATES)}")
         self.expire_due()
@@ -107,8 +111,14 @@ class ReviewDesk:
             counts = dict(
                 session.execute(select(Review.state, func.count()).group_by(Review.state)).all()
             )
+            summaries = [_summary(r) for r in rows]
+            if viewer is not None and rows:
+                unreadable = self._unreadable(session, list(rows), viewer)
+                for summary in summaries:
+                    if unreadable[summary["id"]]:
+                        summary["title"] = "(withheld)"
             return {
-                "reviews": [_summary(r) for r in rows],
+                "reviews": summaries,
                 "counts": {s: counts.get(s, 0) for s in REVIEW_STATES},
             }
 
@@ -152,33 +162,70 @@ class ReviewDesk:
             )
         out["evidence"] = self.evidence(review_id, viewer)
         if viewer is not None:
-            withheld = self._withheld(review_id, viewer, out["evidence"])
+            withheld = self._withheld(review_id, viewer)
             if withheld is not None:
                 _withhold(out, withheld)
             out["may_review"] = withheld is None and self.refusal(viewer, review_id) is None
         return out
 
-    def _withheld(self, review_id: str, viewer: str, evidence: dict[str, Any]) -> str | None:
+    def _withheld(self, review_id: str, viewer: str) -> str | None:
         """Why ``viewer`` may not see the artifact, or ``None``. The artifact is made from
         what the run read: whoever may not read one of its cited documents (or the document
         that triggered the run) sees neither the artifact nor its revisions, and may not
         decide on it; someone who can read them all must."""
-        unreadable = int(evidence.get("redacted") or 0)
         with self.sessions() as session:
-            review = self._get(session, review_id)
-            run = session.get(AgentRun, review.run_id)
-            trigger_doc = ((run.trigger if run else {}) or {}).get("document") or {}
-            if trigger_doc.get("id"):
-                document = session.get(Document, trigger_doc["id"])
-                principals = self.runtime.directory.principals_for(viewer)
-                if document is None or not Acl.model_validate(document.acl).grants(principals):
-                    unreadable += 1
-        if not unreadable:
+            unreadable = self._unreadable(session, [self._get(session, review_id)], viewer)
+        count = unreadable.get(review_id, 0)
+        if not count:
             return None
         return (
-            f"withheld: this draft was made from {unreadable} document(s) {viewer} may not "
+            f"withheld: this draft was made from {count} document(s) {viewer} may not "
             "read; a reviewer who may read them all must decide"
         )
+
+    def _unreadable(self, session: Session, reviews: list[Review], viewer: str) -> dict[str, int]:
+        """For each review, how many documents its run read (cited items, the trigger
+        document) ``viewer`` may not read today: by the document's ACL now, or the ACL it
+        was cited with when it is gone. Batched: the queue asks this for a whole page."""
+        principals = self.runtime.directory.principals_for(viewer)
+        runs = {
+            run.id: run
+            for run in session.scalars(
+                select(AgentRun).where(AgentRun.id.in_([r.run_id for r in reviews]))
+            )
+        }
+        items = session.execute(
+            select(BundleItem.bundle_id, BundleItem.document_id, BundleItem.acl).where(
+                BundleItem.bundle_id.in_({r.bundle_id for r in reviews if r.bundle_id})
+            )
+        ).all()
+        read: dict[str, set[str]] = {}
+        cited_acl: dict[str, dict[str, Any]] = {}
+        for bundle_id, document_id, acl in items:
+            read.setdefault(bundle_id, set()).add(document_id)
+            cited_acl[document_id] = acl
+        triggers: dict[str, str] = {}
+        for review in reviews:
+            run = runs.get(review.run_id)
+            document = ((run.trigger if run else None) or {}).get("document") or {}
+            if document.get("id"):
+                triggers[review.id] = str(document["id"])
+        wanted = set(cited_acl) | set(triggers.values())
+        current: dict[str, dict[str, Any]] = dict(
+            session.execute(select(Document.id, Document.acl).where(Document.id.in_(wanted))).all()
+        )
+
+        def readable(document_id: str) -> bool:
+            acl = current.get(document_id) or cited_acl.get(document_id)
+            return acl is not None and Acl.model_validate(acl).grants(principals)
+
+        out = {}
+        for review in reviews:
+            documents = set(read.get(review.bundle_id or "", set()))
+            if review.id in triggers:
+                documents.add(triggers[review.id])
+            out[review.id] = sum(1 for d in documents if not readable(d))
+        return out
 
     def evidence(self, review_id: str, viewer: str | None) -> dict[str, Any]:
         with self.sessions() as session:
@@ -611,7 +658,7 @@ class ReviewDesk:
         else:
             refusal = self._refusal(actor, review)
         if refusal is None and actor.startswith("user:"):
-            refusal = self._withheld(review_id, actor, self.evidence(review_id, actor))
+            refusal = self._withheld(review_id, actor)
             if refusal is not None:
                 refusal = refusal.removeprefix("withheld: ")
         if refusal is not None:

@@ -113,7 +113,7 @@ def list_reviews(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     age = parse_duration(older_than) if older_than else None
-    listing = desk.list_reviews(state, agent, age, limit)
+    listing = desk.list_reviews(state, agent, age, limit, viewer=evidence_viewer(caller))
     if caller.kind != "admin":
         listing["reviews"] = [r for r in listing["reviews"] if review_visible(desk, caller, r)]
     return listing

@@ -170,7 +170,9 @@ def review_queue(
     except ValueError as exc:
         return _queue(request, viewer, filters, [], {}, 422, f"bad age filter: {exc}")
     try:
-        listing = desk.list_reviews(state or None, agent or None, age, limit=500)
+        listing = desk.list_reviews(
+            state or None, agent or None, age, limit=500, viewer=evidence_viewer(viewer.caller)
+        )
     except SpecError as exc:
         return _queue(request, viewer, filters, [], {}, 422, str(exc))
     reviews, counts = listing["reviews"], listing["counts"]

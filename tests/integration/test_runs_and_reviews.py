@@ -258,6 +258,8 @@ def test_a_reviewer_sees_citations_they_may_not_read_redacted(org: Org) -> None:
     assert len(redacted) == 1 and shown["evidence"]["redacted"] == 1
     assert set(redacted[0]) == {"n", "redacted", "source", "status"}
     assert "12 days" not in str(shown) and shown["may_review"] is False
+    listed = org.client.get("/v1/reviews", headers=lena).json()["reviews"]
+    assert [r["title"] for r in listed if r["id"] == review["id"]] == ["(withheld)"]
     # the draft was made from it: withheld from her, and she may not decide on it
     assert shown["content"] is None and "may not read" in shown["content_withheld"]
     assert all(r["diff"] is None for r in shown["revisions"]) and shown["run"]["query"] is None

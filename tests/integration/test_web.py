@@ -293,6 +293,9 @@ def test_the_review_page_links_citations_to_their_evidence(org: WebOrg, budget_r
 
 
 def test_a_reviewer_sees_what_they_may_not_read_redacted(org: WebOrg, budget_review: str) -> None:
+    queue = org.client("tomas").get("/ui/reviews").text  # the title is the run's query
+    assert "(withheld)" in queue and "hotel travel budget" not in queue
+    assert "hotel travel budget" in org.client("amara").get("/ui/reviews").text
     tomas = org.client("tomas").get(f"/ui/reviews/{budget_review}")
     assert tomas.status_code == 200
     assert "redacted: you may not read this document" in tomas.text
