@@ -21,6 +21,7 @@ from context_server.runtime import Runtime
 from context_server.settings import Settings
 from context_server.store.models import ApiKey
 from indexing.embed import FakeHashEmbedder
+from tests.orgs import org_settings, seed, write_files
 
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -113,25 +114,14 @@ def titles(response: Any) -> set[str]:
 
 @pytest.fixture
 def org(tmp_path: Path, database_url: str) -> Iterator[Org]:
-    share = tmp_path / "share"
-    for rel, body in FILES.items():
-        (share / rel).parent.mkdir(parents=True, exist_ok=True)
-        (share / rel).write_text(body)
-    settings = Settings(home=tmp_path / "home", database_url=database_url)
-    settings.agents_path.mkdir(parents=True)
+    share = write_files(tmp_path / "share", FILES)
+    settings = org_settings(tmp_path, database_url)
     runtime = Runtime(settings, embedder=FakeHashEmbedder())
     with TestClient(create_app(settings, runtime=runtime, admin_token=ADMIN_TOKEN)) as client:
         o = Org(client, runtime, share, settings)
         for spec in AGENTS.values():
             o.write_agent(spec)
-        assert client.put("/v1/principals", json=PRINCIPALS, headers=ADMIN).status_code == 200
-        source = {
-            "name": "drive",
-            "kind": "filesystem",
-            "config": {"root": str(share), "acl_rules": RULES},
-        }
-        assert client.post("/v1/sources", json=source, headers=ADMIN).status_code == 200
-        o.sync()
+        seed(client, ADMIN, principals=PRINCIPALS, share=share, rules=RULES)
         yield o
     runtime.close()
 

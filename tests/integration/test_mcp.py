@@ -38,6 +38,7 @@ from context_server.settings import Settings
 from indexing.embed import FakeHashEmbedder
 from tests.integration.test_context_api import AGENTS, FILES, PRINCIPALS, RULES
 from tests.integration.test_context_properties import PROPERTY_SETTINGS, SCRATCH
+from tests.orgs import org_settings, seed, write_files
 
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -141,26 +142,15 @@ def serving(settings: Settings, runtime: Runtime) -> Iterator[str]:
 
 @pytest.fixture
 def live(tmp_path: Path, database_url: str) -> Iterator[Live]:
-    share = tmp_path / "share"
-    for rel, body in FILES.items():
-        (share / rel).parent.mkdir(parents=True, exist_ok=True)
-        (share / rel).write_text(body)
-    settings = Settings(home=tmp_path / "home", database_url=database_url)
-    settings.agents_path.mkdir(parents=True)
+    share = write_files(tmp_path / "share", FILES)
+    settings = org_settings(tmp_path, database_url)
     runtime = Runtime(settings, embedder=FakeHashEmbedder())
     try:
         with serving(settings, runtime) as url, httpx.Client(base_url=url, timeout=60) as rest:
             o = Live(url, rest, runtime, settings, share)
             for spec in [*AGENTS.values(), REVIEWED]:
                 o.write_agent(spec)
-            assert rest.put("/v1/principals", json=PRINCIPALS, headers=ADMIN).status_code == 200
-            source = {
-                "name": "drive",
-                "kind": "filesystem",
-                "config": {"root": str(share), "acl_rules": RULES},
-            }
-            assert rest.post("/v1/sources", json=source, headers=ADMIN).status_code == 200
-            o.sync()
+            seed(rest, ADMIN, principals=PRINCIPALS, share=share, rules=RULES)
             yield o
     finally:
         runtime.close()

@@ -27,6 +27,7 @@ from context_server.store.models import AgentRun, AuditEvent
 from context_server.worker import Worker
 from indexing.embed import FakeHashEmbedder
 from tests.fakes.openai_server import FakeOpenAI
+from tests.orgs import org_settings, seed, write_files
 
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -119,24 +120,13 @@ class Org:
 
 @pytest.fixture
 def org(tmp_path: Path, database_url: str) -> Iterator[Org]:
-    share = tmp_path / "share"
-    for rel, body in FILES.items():
-        (share / rel).parent.mkdir(parents=True, exist_ok=True)
-        (share / rel).write_text(body)
-    settings = Settings(home=tmp_path / "home", database_url=database_url)
-    settings.agents_path.mkdir(parents=True)
+    share = write_files(tmp_path / "share", FILES)
+    settings = org_settings(tmp_path, database_url)
     runtime = Runtime(settings, embedder=FakeHashEmbedder())
     with TestClient(create_app(settings, runtime=runtime, admin_token=TOKEN)) as client:
         o = Org(client, runtime, settings, share, tmp_path / "outbox")
         o.write_agent(answerer(o.outbox))
-        assert client.put("/v1/principals", json=PRINCIPALS, headers=ADMIN).status_code == 200
-        source = {
-            "name": "drive",
-            "kind": "filesystem",
-            "config": {"root": str(share), "acl_rules": RULES},
-        }
-        assert client.post("/v1/sources", json=source, headers=ADMIN).status_code == 200
-        o.sync()
+        seed(client, ADMIN, principals=PRINCIPALS, share=share, rules=RULES)
         yield o
     runtime.close()
 
