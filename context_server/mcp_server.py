@@ -48,6 +48,7 @@ from context_server.errors import (
     SpecError,
 )
 from context_server.keys import Caller
+from context_server.review import ReviewDesk
 from context_server.routing import ContextFilters, ContextRouter
 from context_server.runtime import Runtime
 from context_server.settings import Settings
@@ -169,6 +170,46 @@ class SubmitResponse(BaseModel):
     review_id: str
     run_id: str
     state: str
+
+
+class ReviewDecision(BaseModel):
+    at: str | None
+    actor: str
+    action: str
+    revision: int
+    comment: str
+
+
+class ReviewResponse(BaseModel):
+    review_id: str
+    state: str
+    revision: int
+    content: str | None = Field(description="The current revision (a reviewer may have edited it).")
+    decisions: list[ReviewDecision]
+    shipped_at: str | None
+    ship_result: dict[str, Any] | None
+
+
+def review_for_agent(runtime: Runtime, caller: Caller, review_id: str) -> dict[str, Any]:
+    """An agent's view of one of its reviews: state, current revision, and the reviewers'
+    decisions and comments (how an external agent learns that changes were requested)."""
+    if caller.kind != "agent":
+        raise ForbiddenError(f"get_review takes an agent key, not {caller.label}'s")
+    shown = ReviewDesk(runtime).show(review_id)
+    if shown["agent"] != caller.subject:
+        raise NotFoundError(f"no review {review_id!r} of agent {caller.subject!r}")
+    return {
+        "review_id": shown["id"],
+        "state": shown["state"],
+        "revision": shown["revision"],
+        "content": shown["content"],
+        "decisions": [
+            {k: e[k] for k in ("at", "actor", "action", "revision", "comment")}
+            for e in shown["events"]
+        ],
+        "shipped_at": shown["shipped_at"],
+        "ship_result": shown["ship_result"],
+    }
 
 
 def _error(exc: Exception) -> CallToolResult:
@@ -359,6 +400,24 @@ def build_server(runtime: Callable[[], Runtime]) -> MCPServer[Any]:
 
     # Registered by hand: the tool's name is the module function's it wraps.
     mcp.add_tool(submit, name="submit_for_review", title="Submit work for human review")
+
+    @mcp.tool(title="Read a review of the agent's work")
+    def get_review(
+        review_id: Annotated[str, Field(description="What submit_for_review returned.")],
+        ctx: Context,
+    ) -> Annotated[CallToolResult, ReviewResponse]:
+        """The state of one of the agent's reviews, its current revision, and the reviewers'
+        decisions and comments (e.g. the changes they asked for). Agent keys only."""
+        try:
+            review = review_for_agent(runtime(), _caller(ctx), review_id)
+        except REPORTED as exc:
+            return _error(exc)
+        asked = [d["comment"] for d in review["decisions"] if d["action"] == "request_changes"]
+        text = f"review {review_id} is {review['state']}" + (
+            f"; changes asked: {asked[-1]}" if asked else ""
+        )
+        return _result(review, text)
+
     return mcp
 
 

@@ -174,9 +174,9 @@ def refusal(result: CallToolResult) -> str:
 # -- tools -----------------------------------------------------------------------------------
 
 
-def test_lists_the_three_tools_with_input_schemas(live: Live) -> None:
+def test_lists_the_four_tools_with_input_schemas(live: Live) -> None:
     tools = {t.name: t for t in live.tools(live.key(agent="helpdesk"))}
-    assert set(tools) == {"search_context", "get_document", "submit_for_review"}
+    assert set(tools) == {"search_context", "get_document", "submit_for_review", "get_review"}
     search = tools["search_context"].input_schema
     assert set(search["properties"]) == {
         "query",
@@ -191,6 +191,7 @@ def test_lists_the_three_tools_with_input_schemas(live: Live) -> None:
     assert set(submit["properties"]) == {"bundle_id", "content", "title"}
     assert set(submit["required"]) == {"bundle_id", "content"}
     assert "bundle_id" in (tools["search_context"].output_schema or {})["properties"]
+    assert tools["get_review"].input_schema["required"] == ["review_id"]
 
 
 def test_search_context_returns_what_rest_returns(live: Live) -> None:
@@ -358,10 +359,20 @@ def test_submit_for_review_enters_the_review_queue_with_the_bundle_as_evidence(l
     run = live.rest.get(f"/v1/runs/{out['run_id']}", headers=ADMIN)
     assert run.status_code == 200, run.text
     assert run.json()["state"] == "succeeded" and run.json()["trigger_kind"] == "external"
-    # changes requested on an external submission: no re-run (no harness), the comment waits
+    # changes requested on an external submission: no re-run (no harness); the agent reads
+    # the comment back with get_review
     changed = desk.request_changes(out["review_id"], "user:alice", comment="cite the handbook")
     assert changed["state"] == "changes_requested" and changed["rerun_id"] is None
-    assert changed["events"][-1]["comment"] == "cite the handbook"
+    seen = live.call(key, "get_review", review_id=out["review_id"])
+    assert not seen.is_error, seen
+    review = seen.structured_content or {}
+    assert review["state"] == "changes_requested" and review["content"] == "# Leave\n27 days."
+    assert review["decisions"][-1]["comment"] == "cite the handbook"
+    assert "changes asked: cite the handbook" in str(seen.content)
+    # only the agent's own reviews, and only with an agent key
+    other = live.call(live.key(agent="helpdesk"), "get_review", review_id=out["review_id"])
+    assert "no review" in refusal(other)
+    assert "agent key" in refusal(live.call(ADMIN_TOKEN, "get_review", review_id=out["review_id"]))
 
 
 def test_submit_for_review_refuses_what_is_not_the_agents_to_submit(live: Live) -> None:
