@@ -6,8 +6,9 @@ Built by the caller (the app factory, the CLI), never at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -78,6 +79,27 @@ class Settings(BaseSettings):
         description="Key signing the web pages' session cookies. Unset: a random key per "
         "process (a restart logs everyone out; several API processes need one shared key).",
     )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="OpenID Connect issuer URL of the provider the web pages may log in with "
+        "(its discovery document is at ISSUER/.well-known/openid-configuration). Unset: "
+        "single sign-on is off and only API keys log in.",
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="The client id registered at the OIDC provider."
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="The client secret registered at the OIDC provider."
+    )
+    oidc_user_claim: str = Field(
+        default="preferred_username",
+        description="ID token claim naming the user: its value VALUE logs in as user:VALUE "
+        "(e.g. preferred_username or email).",
+    )
+    oidc_scopes: str = Field(
+        default="openid profile email",
+        description="Scopes asked of the OIDC provider, space-separated; must include openid.",
+    )
 
     @field_validator("embed_backend")
     @classmethod
@@ -85,6 +107,55 @@ class Settings(BaseSettings):
         if v not in ("auto", "torch-bf16", "torch-fp32"):
             raise ValueError("embed_backend must be auto, torch-bf16 or torch-fp32")
         return v
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        parts = urlsplit(v.strip())
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not parts.netloc or not (
+            parts.scheme == "https" or (parts.scheme == "http" and loopback)
+        ):
+            raise ValueError(
+                f"oidc_issuer {v!r} must be an https:// URL (http:// only for a local test "
+                "provider on 127.0.0.1 or localhost)"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(f"oidc_issuer {v!r} must not have a query or fragment")
+        return v.strip()
+
+    @field_validator("oidc_scopes")
+    @classmethod
+    def _scopes(cls, v: str) -> str:
+        if "openid" not in v.split():
+            raise ValueError(f"oidc_scopes {v!r} must include openid")
+        return " ".join(v.split())
+
+    @field_validator("oidc_user_claim")
+    @classmethod
+    def _claim(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("oidc_user_claim must name a claim, e.g. preferred_username")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _oidc_client(self) -> Settings:
+        """An issuer without its client credentials would only fail at the first login."""
+        if self.oidc_issuer is None:
+            return self
+        missing = [
+            f"CONTEXT_SERVER_{name.upper()}"
+            for name in ("oidc_client_id", "oidc_client_secret")
+            if not _filled(getattr(self, name))
+        ]
+        if missing:
+            raise ValueError(
+                f"CONTEXT_SERVER_OIDC_ISSUER is set, so {' and '.join(missing)} must be set "
+                "too (the client registered at the provider)"
+            )
+        return self
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -108,3 +179,8 @@ class Settings(BaseSettings):
     def server_file(self) -> Path:
         """Written by `serve` while it runs: how CLI commands find it."""
         return self.home / "server.json"
+
+
+def _filled(value: str | SecretStr | None) -> bool:
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return bool(text and text.strip())

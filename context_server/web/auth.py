@@ -1,15 +1,21 @@
-"""Who is looking at a page: login with an API key, the signed session, CSRF tokens.
+"""Who is looking at a page: login with an API key or by OIDC, the signed session, CSRF tokens.
 
 The session never holds the key itself: it holds the key's id, kind and subject, and every
 request checks again that the key still exists and is not revoked (so revoking a key logs
 its browser sessions out at their next click). The admin token has no id; the session holds
 a fingerprint of it, which stops matching when the server's token changes.
+
+A single sign-on (OIDC) session has no key to re-check: it holds the user, the issuer that
+vouched for them and an expiry — the ID token's ``exp`` or ``OIDC_SESSION_SECONDS`` after
+the login, whichever comes first. After that, or when the configured issuer changes, the
+next click asks for a new login.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +24,12 @@ from fastapi.responses import RedirectResponse, Response
 
 from context_server.keys import ADMIN, Caller
 from context_server.runtime import Runtime
-from context_server.store.models import ApiKey
+from context_server.settings import Settings
+from context_server.store.models import ApiKey, AuditEvent
+from context_server.web.oidc import Identity
 
 CSRF_FIELD = "csrf"
+OIDC_SESSION_SECONDS = 8 * 3600  # a working day, at most; a shorter ID token ends it sooner
 
 
 class LoginRequired(Exception):
@@ -80,6 +89,32 @@ def log_in(request: Request, token: str) -> str | None:
     return None
 
 
+def log_in_oidc(request: Request, identity: Identity, issuer: str) -> None:
+    """Start a session for the user the provider vouched for (a user, never an admin token)."""
+    expires = min(identity.expires_at, time.time() + OIDC_SESSION_SECONDS)
+    request.session.clear()  # a fresh session: nothing carried over from before the login
+    request.session.update(
+        kind="user", subject=identity.subject, auth="oidc", issuer=issuer, expires=expires
+    )
+    csrf_token(request)
+    with runtime_of(request).sessions() as db:
+        db.add(
+            AuditEvent(
+                action="web_login",
+                outcome="allowed",
+                key_id=None,
+                caller=identity.subject,
+                agent=None,
+                on_behalf_of=None,
+                query=None,
+                document_ids=[],
+                bundle_id=None,
+                detail=f"single sign-on via {issuer}",
+            )
+        )
+        db.commit()
+
+
 def log_out(request: Request) -> None:
     request.session.clear()
 
@@ -95,6 +130,8 @@ def _caller(request: Request) -> Caller:
             session.clear()
             raise LoginRequired("the server's admin token changed; log in again")
         return ADMIN
+    if session.get("auth") == "oidc":
+        return _oidc_caller(request, session)
     key_id, subject = session.get("key_id"), session.get("subject")
     with runtime_of(request).sessions() as db:
         row = db.get(ApiKey, key_id) if isinstance(key_id, str) else None
@@ -103,6 +140,22 @@ def _caller(request: Request) -> Caller:
         session.clear()
         raise LoginRequired("your key was revoked; log in with another one")
     return Caller(kind="user", subject=subject, key_id=key_id)
+
+
+def _oidc_caller(request: Request, session: dict[str, Any]) -> Caller:
+    """A single sign-on session: valid until it expires or the issuer setting changes."""
+    settings: Settings = request.app.state.settings
+    subject, expires = session.get("subject"), session.get("expires")
+    if session.get("issuer") != settings.oidc_issuer:
+        session.clear()
+        raise LoginRequired("the server's single sign-on settings changed; log in again")
+    if not isinstance(expires, int | float) or time.time() >= expires:
+        session.clear()
+        raise LoginRequired("your single sign-on session expired; log in again")
+    if session.get("kind") != "user" or not isinstance(subject, str):
+        session.clear()
+        raise LoginRequired()
+    return Caller(kind="user", subject=subject)
 
 
 def current_viewer(request: Request) -> Viewer:

@@ -1,4 +1,5 @@
-"""The ``/ui`` routes: login, the review queue, one review, sources, the audit log.
+"""The ``/ui`` routes: login (API key, or OIDC when configured), the review queue, one
+review, sources, the audit log.
 
 Every page asks the same objects the API asks and applies the same rules
 (``api.review_routes``): the admin sees every review; a user the reviews it may decide on or
@@ -41,10 +42,12 @@ from context_server.web.auth import (
     current_viewer,
     flash,
     log_in,
+    log_in_oidc,
     log_out,
     runtime_of,
     take_flashes,
 )
+from context_server.web.oidc import OidcClient, OidcError, Pending
 from context_server.web.render import render_artifact
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
 AUDIT_PAGE = 100
 REVIEW_ACTIONS = ("approve", "reject", "request-changes", "comment", "edit", "retry-ship")
 AGES = ("", "1h", "1d", "3d", "7d", "30d")
+OIDC_PENDING = "oidc_pending"  # the session key of a login sent to the provider
 
 
 def _status(exc: Exception) -> int:
@@ -113,7 +117,14 @@ def home() -> RedirectResponse:
 
 @router.get("/login", name="login_page")
 def login_page(request: Request, next: str = "/ui/reviews") -> Response:
-    return page(request, "login.html", None, next=_safe_next(next))
+    return _login_form(request, next)
+
+
+def _login_form(request: Request, next: str, status: int = 200) -> Response:
+    """The login page; with a "Log in with <provider>" button when OIDC is configured."""
+    client = oidc_client(request)
+    sso = client.name if client is not None else None
+    return page(request, "login.html", None, status, next=_safe_next(next), sso=sso)
 
 
 @router.post("/login")
@@ -130,8 +141,67 @@ def login(
     refusal = log_in(request, key)
     if refusal is not None:
         flash(request, "error", refusal)
-        return page(request, "login.html", None, 401, next=_safe_next(next))
+        return _login_form(request, next, 401)
     return _back(_safe_next(next))
+
+
+def oidc_client(request: Request) -> OidcClient | None:
+    """The app's OIDC relying party (made on first use), or ``None`` when OIDC is off."""
+    client: OidcClient | None = getattr(request.app.state, "oidc", None)
+    if client is None and request.app.state.settings.oidc_issuer is not None:
+        client = OidcClient(request.app.state.settings)
+        request.app.state.oidc = client
+    return client
+
+
+def _no_sso(request: Request) -> Response:
+    return error_page(request, None, 404, "single sign-on (OIDC) is not configured here")
+
+
+def _sso_refused(request: Request, reason: str, next: str) -> Response:
+    """Back to the login page with why; the URL loses the provider's code and state."""
+    log.warning("single sign-on login refused: %s", reason)
+    flash(request, "error", f"single sign-on failed: {reason}")
+    url = request.url_for("login_page").include_query_params(next=_safe_next(next))
+    return _back(f"{url.path}?{url.query}")
+
+
+@router.get("/login/oidc", name="oidc_login")
+def oidc_login(request: Request, next: str = "/ui/reviews") -> Response:
+    """Send the browser to the provider, remembering state, nonce and PKCE verifier."""
+    client = oidc_client(request)
+    if client is None:
+        return _no_sso(request)
+    callback = str(request.url_for("oidc_callback"))
+    try:
+        url, pending = client.start(callback, _safe_next(next))
+    except OidcError as exc:
+        return _sso_refused(request, str(exc), next)
+    except Exception:  # e.g. an unparsable endpoint URL in the discovery document
+        log.exception("starting a single sign-on login failed unexpectedly")
+        return _sso_refused(request, "an unexpected error; see the server log", next)
+    request.session[OIDC_PENDING] = pending.to_session()
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/login/oidc/callback", name="oidc_callback")
+def oidc_callback(request: Request) -> Response:
+    """The provider sends the browser back here; ``state`` makes it usable once."""
+    client = oidc_client(request)
+    if client is None:
+        return _no_sso(request)
+    pending = Pending.from_session(request.session.pop(OIDC_PENDING, None))
+    next_page = pending.next if pending is not None else "/ui/reviews"
+    callback = str(request.url_for("oidc_callback"))
+    try:
+        identity = client.finish(request.query_params, pending, callback)
+    except OidcError as exc:
+        return _sso_refused(request, str(exc), next_page)
+    except Exception:  # a provider's surprise must not become a 500 (or a login)
+        log.exception("single sign-on login failed unexpectedly")
+        return _sso_refused(request, "an unexpected error; see the server log", next_page)
+    log_in_oidc(request, identity, client.issuer)
+    return _back(_safe_next(next_page))
 
 
 @router.post("/logout")
@@ -313,6 +383,8 @@ def _decide(
         return f"rejected by {actor}; nothing ships"
     if action == "request-changes":
         out = desk.request_changes(review_id, actor, comment=comment, caller=caller)
+        if out["rerun_id"] is None:  # an external agent: it reads the comment (MCP get_review)
+            return "changes requested; the agent reads your comment and submits new work"
         return f"changes requested; the agent runs again (run {out['rerun_id']})"
     if action == "comment":
         desk.comment(review_id, actor, comment=comment, caller=caller)
