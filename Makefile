@@ -10,7 +10,7 @@ export UNSTRUCTURED_DISABLE_NOTICE = 1
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: install demo test bench lint format clean chromium
+.PHONY: install demo test bench lint format clean chromium screenshots
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ demo: install
 
 test: install chromium
 	$(BIN)/pytest
+
+# Retake the README's screenshots (docs/screenshots) with the browser test.
+screenshots: install chromium
+	CONTEXT_SERVER_UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q tests/browser
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py

@@ -26,7 +26,10 @@ from tests.integration.test_web import TOKEN, WebOrg, build_org
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# The README's screenshots are taken by this test: `make screenshots` writes them into
+# docs/screenshots; a plain test run writes them into its temporary folder, so that running
+# the tests leaves the checkout as it was.
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -99,25 +102,29 @@ def browser() -> Iterator[object]:
             chromium.close()
 
 
-def test_a_reviewer_follows_a_citation_and_approves(served: Served, browser: object) -> None:
+def test_a_reviewer_follows_a_citation_and_approves(
+    served: Served, browser: object, tmp_path: Path
+) -> None:
     from playwright.sync_api import Browser, expect
 
     assert isinstance(browser, Browser)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    update = os.environ.get("CONTEXT_SERVER_UPDATE_SCREENSHOTS") == "1"
+    shots = DOCS_SCREENSHOTS if update else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport=VIEWPORT)
     base, review_id = served.base, served.budget_review
 
     # Unauthenticated: the login page.
     page.goto(f"{base}/ui/reviews")
     expect(page.get_by_role("heading", name="Log in")).to_be_visible()
-    page.screenshot(path=SCREENSHOTS / "login.png")
+    page.screenshot(path=shots / "login.png")
     page.get_by_label("API key").fill(served.org.keys["amara"])
     page.get_by_role("button", name="Log in").click()
 
     # The queue: Amara (a support lead) sees the reviews she may decide on.
     expect(page.get_by_role("heading", name="Review queue")).to_be_visible()
     expect(page.get_by_text("Logged in as user:amara")).to_be_visible()
-    page.screenshot(path=SCREENSHOTS / "review-queue.png")
+    page.screenshot(path=shots / "review-queue.png")
     page.locator(f'a[href="/ui/reviews/{review_id}"]').click()
 
     # The review: a citation link leads to its evidence item, which is the :target.
@@ -131,7 +138,7 @@ def test_a_reviewer_follows_a_citation_and_approves(served: Served, browser: obj
     assert targeted == target[1:]
     expect(page.locator(target)).to_be_in_viewport()
     page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=SCREENSHOTS / "review.png", full_page=True)
+    page.screenshot(path=shots / "review.png", full_page=True)
 
     # Approve: the artifact ships, once, and the page says so.
     page.get_by_role("button", name="Approve").click()
@@ -147,7 +154,7 @@ def test_a_reviewer_follows_a_citation_and_approves(served: Served, browser: obj
     page.goto(f"{base}/ui/sources")
     expect(page.get_by_role("button", name="Sync now")).to_be_visible()
     expect(page.get_by_role("cell", name="onboarding-checklist.md")).to_be_visible()
-    page.screenshot(path=SCREENSHOTS / "sources.png")
+    page.screenshot(path=shots / "sources.png")
     page.goto(f"{base}/ui/audit")
     expect(page.get_by_role("cell", name="review_approve").first).to_be_visible()
-    page.screenshot(path=SCREENSHOTS / "audit.png")
+    page.screenshot(path=shots / "audit.png")
