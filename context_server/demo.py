@@ -101,6 +101,8 @@ def print_try(console: Console, settings: Settings, directory: Path, serving: bo
     )
     if serving:
         console.print(
-            f"\n  API: {url}/healthz  ·  OpenAPI: {url}/docs  ·  "
-            f"CLI commands go through the server while it runs (Ctrl-C to stop)\n"
+            f"\n  API: {url}/healthz  ·  OpenAPI: {url}/docs  ·  MCP: {url}/mcp\n"
+            f"  Review pages: {url}/ui (log in with a key from "
+            f"`{command} keys create --user user:dan`)\n"
+            f"  CLI commands go through the server while it runs (Ctrl-C to stop)\n"
         )
