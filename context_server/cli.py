@@ -315,6 +315,14 @@ def worker(
         bool,
         typer.Option("--until-idle", help="Process agent runs until none is queued or running."),
     ] = False,
+    runs_only: Annotated[
+        bool,
+        typer.Option(
+            "--runs-only",
+            help="Only agent runs, never source syncs (a scaled-out worker beside an API "
+            "process that syncs).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Process agent runs, and sync scheduled sources when they fall due, until
@@ -343,7 +351,7 @@ def worker(
     try:
         if once or until_idle:
             syncs = []
-            if once and info is None:
+            if once and info is None and not runs_only:
                 syncs = [
                     {"source": s, "status": "failed" if e else "completed", "error": e}
                     for s, e in runtime.scheduler().run_due()
@@ -368,7 +376,8 @@ def worker(
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         threads = [threading.Thread(target=runs.loop, args=(stop,), name="runs", daemon=True)]
-        if info is None:
+        syncing = info is None and not runs_only
+        if syncing:
             threads.append(
                 threading.Thread(
                     target=runtime.scheduler().loop, args=(stop,), name="syncs", daemon=True
@@ -376,7 +385,8 @@ def worker(
             )
         err.print(
             "worker: processing agent runs"
-            + (" and syncing scheduled sources" if info is None else f" (context from {info.url})")
+            + (" and syncing scheduled sources" if syncing else "")
+            + (f" (context from {info.url})" if info is not None else "")
             + " (Ctrl-C to stop)"
         )
         for thread in threads:

@@ -296,6 +296,15 @@ def test_connectors_list_sources_status_and_worker_once(env: dict[str, str], org
         "processed": 0,
         "pending": 0,
     }
+    # a source that never synced is due at once; a runs-only worker leaves it alone
+    hourly = org / "hourly.yaml"
+    hourly.write_text((org / "drive.yaml").read_text() + "schedule: every 1h\n")
+    cli(env, "sources", "add", str(hourly))
+    assert json.loads(cli(env, "worker", "--once", "--runs-only", "--json").stdout)["syncs"] == []
+    assert (
+        json.loads(cli(env, "sources", "status", "--json").stdout)["sources"][0]["last_sync"]
+        is None
+    )
     bad = org / "bad.yaml"
     bad.write_text((org / "drive.yaml").read_text() + "schedule: sometimes\n")
     proc = cli(env, "sources", "add", str(bad), "--json", check=False)
