@@ -28,18 +28,15 @@ from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from connectors import registry
-from connectors.base import Acl
 from context_server.errors import ConflictError, ForbiddenError, NotFoundError, SpecError
 from context_server.keys import ADMIN, Caller
-from context_server.routing import ContextRouter
+from context_server.review_view import ReviewView, event_json, summary, withhold
 from context_server.runs import RunQueue
 from context_server.shipping import ShipError, ShipOrder, ship
 from context_server.store.models import (
     AgentRun,
     AuditEvent,
     Bundle,
-    BundleItem,
-    Document,
     Review,
     ReviewEvent,
     ReviewRevision,
@@ -80,6 +77,7 @@ class ReviewDesk:
         self.sessions = runtime.sessions
         self.clock = clock
         self.queue = RunQueue(runtime.sessions, clock)
+        self.view = ReviewView(runtime)
         #: Called after the destination took the artifact, before that is recorded: tests
         #: crash here to prove a recovery does not ship twice.
         self.after_ship: Callable[[str], None] = lambda _review_id: None
@@ -111,12 +109,12 @@ class ReviewDesk:
             counts = dict(
                 session.execute(select(Review.state, func.count()).group_by(Review.state)).all()
             )
-            summaries = [_summary(r) for r in rows]
+            summaries = [summary(r) for r in rows]
             if viewer is not None and rows:
-                unreadable = self._unreadable(session, list(rows), viewer)
-                for summary in summaries:
-                    if unreadable[summary["id"]]:
-                        summary["title"] = "(withheld)"
+                unreadable = self.view.unreadable(session, list(rows), viewer)
+                for listed in summaries:
+                    if unreadable[listed["id"]]:
+                        listed["title"] = "(withheld)"
             return {
                 "reviews": summaries,
                 "counts": {s: counts.get(s, 0) for s in REVIEW_STATES},
@@ -129,7 +127,7 @@ class ReviewDesk:
         with self.sessions() as session:
             review = self._get(session, review_id)
             run = session.get(AgentRun, review.run_id)
-            out = _summary(review)
+            out = summary(review)
             current = review.revisions[-1]
             out.update(
                 content=current.content,
@@ -142,7 +140,7 @@ class ReviewDesk:
                     }
                     for r in review.revisions
                 ],
-                events=[_event_json(e) for e in review.events],
+                events=[event_json(e) for e in review.events],
                 approvals=self._approvals(review),
                 run=None
                 if run is None
@@ -162,132 +160,14 @@ class ReviewDesk:
             )
         out["evidence"] = self.evidence(review_id, viewer)
         if viewer is not None:
-            withheld = self._withheld(review_id, viewer)
+            withheld = self.view.withheld(review_id, viewer)
             if withheld is not None:
-                _withhold(out, withheld)
+                withhold(out, withheld)
             out["may_review"] = withheld is None and self.refusal(viewer, review_id) is None
         return out
 
-    def _withheld(self, review_id: str, viewer: str) -> str | None:
-        """Why ``viewer`` may not see the artifact, or ``None``. The artifact is made from
-        what the run read: whoever may not read one of its cited documents (or the document
-        that triggered the run) sees neither the artifact nor its revisions, and may not
-        decide on it; someone who can read them all must."""
-        with self.sessions() as session:
-            unreadable = self._unreadable(session, [self._get(session, review_id)], viewer)
-        count = unreadable.get(review_id, 0)
-        if not count:
-            return None
-        return (
-            f"withheld: this draft was made from {count} document(s) {viewer} may not "
-            "read; a reviewer who may read them all must decide"
-        )
-
-    def _unreadable(self, session: Session, reviews: list[Review], viewer: str) -> dict[str, int]:
-        """For each review, how many documents its run read (cited items, the trigger
-        document) ``viewer`` may not read today: by the document's ACL now, or the ACL it
-        was cited with when it is gone. Batched: the queue asks this for a whole page."""
-        principals = self.runtime.directory.principals_for(viewer)
-        runs = {
-            run.id: run
-            for run in session.scalars(
-                select(AgentRun).where(AgentRun.id.in_([r.run_id for r in reviews]))
-            )
-        }
-        items = session.execute(
-            select(BundleItem.bundle_id, BundleItem.document_id, BundleItem.acl).where(
-                BundleItem.bundle_id.in_({r.bundle_id for r in reviews if r.bundle_id})
-            )
-        ).all()
-        read: dict[str, set[str]] = {}
-        cited_acl: dict[str, dict[str, Any]] = {}
-        for bundle_id, document_id, acl in items:
-            read.setdefault(bundle_id, set()).add(document_id)
-            cited_acl[document_id] = acl
-        triggers: dict[str, str] = {}
-        for review in reviews:
-            run = runs.get(review.run_id)
-            document = ((run.trigger if run else None) or {}).get("document") or {}
-            if document.get("id"):
-                triggers[review.id] = str(document["id"])
-        wanted = set(cited_acl) | set(triggers.values())
-        current: dict[str, dict[str, Any]] = dict(
-            session.execute(select(Document.id, Document.acl).where(Document.id.in_(wanted))).all()
-        )
-
-        def readable(document_id: str) -> bool:
-            acl = current.get(document_id) or cited_acl.get(document_id)
-            return acl is not None and Acl.model_validate(acl).grants(principals)
-
-        out = {}
-        for review in reviews:
-            documents = set(read.get(review.bundle_id or "", set()))
-            if review.id in triggers:
-                documents.add(triggers[review.id])
-            out[review.id] = sum(1 for d in documents if not readable(d))
-        return out
-
     def evidence(self, review_id: str, viewer: str | None) -> dict[str, Any]:
-        with self.sessions() as session:
-            review = self._get(session, review_id)
-            bundle = session.get(Bundle, review.bundle_id) if review.bundle_id else None
-            if bundle is None:
-                return {"bundle_id": None, "stale": False, "counts": {}, "items": []}
-            check = ContextRouter(self.runtime).check(ADMIN, bundle.id)
-            status = {item["rank"]: item for item in check["items"]}
-            documents = {
-                d.id: d
-                for d in session.scalars(
-                    select(Document).where(Document.id.in_({i.document_id for i in bundle.items}))
-                )
-            }
-            principals = (
-                self.runtime.directory.principals_for(viewer) if viewer is not None else None
-            )
-            items = []
-            for number, item in enumerate(bundle.items, 1):
-                checked = status.get(item.rank, {})
-                document = documents.get(item.document_id)
-                acl = document.acl if document is not None else item.acl
-                if principals is not None and not Acl.model_validate(acl).grants(principals):
-                    items.append(
-                        {
-                            "n": number,
-                            "redacted": True,
-                            "source": item.source,
-                            "status": checked.get("status"),
-                        }
-                    )
-                    continue
-                items.append(
-                    {
-                        "n": number,
-                        "redacted": False,
-                        "source": item.source,
-                        "document_id": item.document_id,
-                        "chunk_id": item.chunk_id,
-                        "title": item.title,
-                        "section": item.section,
-                        "url": item.url,
-                        "version": item.version,
-                        "content_hash": item.content_hash,
-                        "document_updated_at": _iso(item.document_updated_at),
-                        "retrieved_at": _iso(bundle.created_at),
-                        "text": item.text,
-                        "status": checked.get("status"),
-                        "current_version": checked.get("current_version"),
-                    }
-                )
-            return {
-                "bundle_id": bundle.id,
-                "retrieved_at": _iso(bundle.created_at),
-                "query": bundle.query,
-                "checked_at": check["checked_at"],
-                "stale": check["stale"],
-                "counts": check["counts"],
-                "redacted": sum(1 for i in items if i["redacted"]),
-                "items": items,
-            }
+        return self.view.evidence(review_id, viewer)
 
     # -- who may decide -------------------------------------------------------------------
 
@@ -658,7 +538,7 @@ class ReviewDesk:
         else:
             refusal = self._refusal(actor, review)
         if refusal is None and actor.startswith("user:"):
-            refusal = self._withheld(review_id, actor)
+            refusal = self.view.withheld(review_id, actor)
             if refusal is not None:
                 refusal = refusal.removeprefix("withheld: ")
         if refusal is not None:
@@ -735,47 +615,3 @@ class ReviewDesk:
 
 def new_review_id() -> str:
     return str(uuid.uuid4())
-
-
-def _withhold(shown: dict[str, Any], reason: str) -> None:
-    """Blank what a review page shows of the artifact and of what the run read."""
-    shown.update(content=None, content_withheld=reason, title="(withheld)")
-    shown["revisions"] = [{**r, "diff": None} for r in shown["revisions"]]
-    shown["events"] = [{**e, "detail": {}} if e["action"] == "ship" else e for e in shown["events"]]
-    if shown.get("run"):
-        shown["run"] = {**shown["run"], "trigger": None, "input": None, "query": None}
-    shown["target"] = None
-    shown["evidence"] = {**shown["evidence"], "query": None}
-
-
-def _summary(review: Review) -> dict[str, Any]:
-    return {
-        "id": review.id,
-        "state": review.state,
-        "agent": review.agent,
-        "agent_version": review.agent_version,
-        "run_id": review.run_id,
-        "title": review.title,
-        "on_behalf_of": review.on_behalf_of,
-        "bundle_id": review.bundle_id,
-        "revision": review.revision,
-        "required": review.required,
-        "approvers": review.approvers,
-        "ship_kind": (review.ship or {}).get("kind", "none"),
-        "created_at": _iso(review.created_at),
-        "expires_at": _iso(review.expires_at),
-        "deferred_until": _iso(review.deferred_until),
-        "decided_at": _iso(review.decided_at),
-        "shipped_at": _iso(review.shipped_at),
-    }
-
-
-def _event_json(event: ReviewEvent) -> dict[str, Any]:
-    return {
-        "at": _iso(event.at),
-        "actor": event.actor,
-        "action": event.action,
-        "revision": event.revision,
-        "comment": event.comment,
-        "detail": event.detail,
-    }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from context_server import audit, keys
 from context_server.agents import AgentCatalog
 from context_server.errors import ConflictError, NotFoundError, SpecError
 from context_server.keys import Caller, KeyKind
+from context_server.results import SearchResult, SourceInfo, SyncResult, run_json
 from context_server.schedules import Due, Scheduler, next_run
 from context_server.settings import Settings
 from context_server.specs import PrincipalsSpec, SourceSpec, resolve_paths
@@ -47,77 +47,6 @@ from indexing.pipeline import Pipeline, PipelineOptions, SyncReport
 from policies.access import Directory, PolicyFile, PolicyFileError, read_policy_file
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    name: str
-    kind: str
-    documents: int
-    chunks: int
-    last_sync: dict[str, Any] | None
-    schedule: str | None = None
-    next_run: datetime | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "documents": self.documents,
-            "chunks": self.chunks,
-            "last_sync": self.last_sync,
-            "schedule": self.schedule,
-            "next_run": self.next_run.isoformat() if self.next_run else None,
-        }
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    source: str
-    run_id: int | None
-    status: str  # completed | failed
-    report: SyncReport
-    error: str | None = None
-    runs_queued: int = 0  # agent runs its new and changed documents triggered
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "run_id": self.run_id,
-            "status": self.status,
-            "error": self.error,
-            "runs_queued": self.runs_queued,
-            **self.report.counts(),
-            "failures": [
-                {"external_id": e, "reason": r, "detail": d} for e, r, d in self.report.failures
-            ],
-        }
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    document_id: str
-    title: str
-    source: str
-    url: str | None
-    chunk_id: str
-    text: str
-    score: float
-    section: str | None
-    version: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "document_id": self.document_id,
-            "title": self.title,
-            "source": self.source,
-            "url": self.url,
-            "chunk_id": self.chunk_id,
-            "text": self.text,
-            "score": round(self.score, 6),
-            "section": self.section,
-            "version": self.version,
-        }
 
 
 ProgressFn = Callable[[str, SyncReport], None]
@@ -313,7 +242,7 @@ class Runtime:
                         kind=source.kind,
                         documents=docs.get(source.id, 0),
                         chunks=chunks.get(source.id, 0),
-                        last_sync=_run_json(run) if run else None,
+                        last_sync=run_json(run) if run else None,
                         schedule=source.schedule,
                         next_run=due,
                     )
@@ -598,14 +527,3 @@ class Runtime:
 
 def _missing(name: str) -> NotFoundError:
     return NotFoundError(f"no source named {name!r} (add one with `sources add FILE.yaml`)")
-
-
-def _run_json(run: SyncRun) -> dict[str, Any]:
-    return {
-        "run_id": run.id,
-        "status": run.status,
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "counts": run.counts,
-        "error": run.error,
-    }

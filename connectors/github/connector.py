@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -65,31 +64,17 @@ from connectors.github.client import (
     parse_time,
 )
 from connectors.github.config import GitHubConfig
-from connectors.http import RETRY_STATUSES
-
-#: GitHub refuses a comment body longer than this many characters.
-MAX_COMMENT_CHARS = 65536
-#: A comment ``POST`` answered with a 5xx is tried this often. The issue's comments are
-#: searched for the marker before every try: a comment that landed despite the error is
-#: found, not posted twice.
-WRITE_ATTEMPTS = 3
-_ISSUE_ID = re.compile(r"^([^/\s]+/[^/\s]+)/issues/([1-9][0-9]*)$")
-# What may go inside an HTML comment without ending it or being mangled.
-_KEY = re.compile(r"^[A-Za-z0-9._:@+/=-]{1,200}$")
-_WRITE_SCOPE = (
-    "the token may lack write access to issues (fine-grained token: Issues: Read and write; "
-    "classic token: repo, or public_repo for public repositories), or the issue is locked"
+from connectors.github.write_back import (
+    ISSUE_ID,
+    MAX_COMMENT_CHARS,
+    WRITE_ATTEMPTS,
+    WRITE_SCOPE,
+    error_message,
+    receipt,
+    response_object,
+    ship_marker,
 )
-
-
-def ship_marker(idempotency_key: str) -> str:
-    """The hidden HTML comment that ends a comment posted with ``idempotency_key``."""
-    if not _KEY.match(idempotency_key) or "--" in idempotency_key:
-        raise SourceError(
-            f"bad idempotency key {idempotency_key!r}: use 1-200 letters, digits and "
-            "'._:@+/=-', without '--'"
-        )
-    return f"<!-- context-server:ship:{idempotency_key} -->"
+from connectors.http import RETRY_STATUSES
 
 
 class IssueState(BaseModel):
@@ -506,7 +491,7 @@ class GitHubConnector:
 
     def _issue_ref(self, external_id: str) -> tuple[_Repository, int]:
         """The configured repository and the issue number an ``external_id`` names."""
-        match = _ISSUE_ID.match(external_id)
+        match = ISSUE_ID.match(external_id)
         if match is None:
             raise SourceError(
                 f"{external_id!r} is not a GitHub issue id (expected owner/repo/issues/<number>)"
@@ -552,7 +537,7 @@ class GitHubConnector:
             for attempt in range(WRITE_ATTEMPTS + 1):
                 found = self._marked(path, marker, external_id)
                 if found is not None:
-                    return _receipt(found, already_posted=not sent)
+                    return receipt(found, already_posted=not sent)
                 if attempt == WRITE_ATTEMPTS:
                     break
                 response = self.client.post(
@@ -560,53 +545,20 @@ class GitHubConnector:
                 )
                 status = response.status_code
                 if status < 300:
-                    return _receipt(_object(response), already_posted=False)
+                    return receipt(response_object(response), already_posted=False)
                 if status in RETRY_STATUSES:
                     sent, last = True, f"{status} {response.reason_phrase}"
                     self._sleep(2.0**attempt)
                     continue
-                detail = _message(response)
+                detail = error_message(response)
                 if status == 410:
                     raise SourceError(f"GitHub refused to comment on {external_id} (410): {detail}")
                 raise CredentialError(
                     f"GitHub refused to comment on {external_id} ({status}: {detail}): "
-                    + _WRITE_SCOPE
+                    + WRITE_SCOPE
                 )
         finally:
             self.client.close()
         raise SourceError(
             f"commenting on {external_id} failed {WRITE_ATTEMPTS} times; last: {last}"
         )
-
-
-def _object(response: httpx.Response) -> JsonObject:
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise SourceError(f"{response.request.url} did not return JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise SourceError(f"{response.request.url} did not return a JSON object")
-    return body
-
-
-def _message(response: httpx.Response) -> str:
-    """GitHub's error ``message``, else the start of the body."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return str(body["message"])
-    return " ".join(response.text.split())[:300]
-
-
-def _receipt(comment: JsonObject, *, already_posted: bool) -> CommentReceipt:
-    comment_id = comment.get("id")
-    if comment_id is None:
-        raise SourceError("GitHub answered a comment without its id")
-    url = comment.get("html_url")
-    return CommentReceipt(
-        comment_id=str(comment_id),
-        url=url if isinstance(url, str) else None,
-        already_posted=already_posted,
-    )

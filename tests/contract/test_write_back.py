@@ -16,7 +16,8 @@ import pytest
 from connectors.base import Commenter
 from connectors.errors import CredentialError, SourceError
 from connectors.github.config import GitHubConfig
-from connectors.github.connector import GitHubConnector, ship_marker
+from connectors.github.connector import GitHubConnector
+from connectors.github.write_back import ship_marker
 from connectors.jira.adf import to_markdown
 from connectors.jira.config import JiraConfig
 from connectors.jira.connector import PROPERTY_KEY, JiraConnector, markdown_to_adf
