@@ -22,8 +22,10 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.local_server import LocalServer
 
 Answer = str | Callable[[dict[str, Any]], str]
 
@@ -69,7 +71,7 @@ def completion(content: str | None, *, model: str = "fake-model", **extra: Any) 
     }
 
 
-class FakeOpenAI:
+class FakeOpenAI(LocalServer):
     """A fake OpenAI-compatible server; ``url`` is its base URL (ending ``/v1``)."""
 
     def __init__(
@@ -87,14 +89,11 @@ class FakeOpenAI:
         self.requests: list[Recorded] = []
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(self._handler(), "fake-openai")
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
+        return f"{self.origin}/v1"
 
     def reply(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
         """Queue one reply; queued replies are used, in order, before ``answer``."""
@@ -107,32 +106,6 @@ class FakeOpenAI:
         """Queue ``times`` OpenAI-style error replies."""
         for _ in range(times):
             self.reply(status, {"error": {"message": message, "type": "fake_error"}}, headers)
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> FakeOpenAI:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="fake-openai",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     # -- serving ---------------------------------------------------------------------------
 
