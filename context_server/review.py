@@ -166,6 +166,17 @@ class ReviewDesk:
             out["may_review"] = withheld is None and self.refusal(viewer, review_id) is None
         return out
 
+    def outcome(self, review_id: str) -> dict[str, Any]:
+        """What a decision left: the review's summary with its shipping result. Cheap (no
+        evidence check); callers that show the review to someone call ``show`` for them."""
+        with self.sessions() as session:
+            review = self._get(session, review_id)
+            return {
+                **summary(review),
+                "ship_result": review.ship_result,
+                "ship_error": review.ship_error,
+            }
+
     def evidence(self, review_id: str, viewer: str | None) -> dict[str, Any]:
         return self.view.evidence(review_id, viewer)
 
@@ -238,7 +249,7 @@ class ReviewDesk:
             approved = review.state == "approved"
         if approved:
             self.ship_review(review_id)
-        return self.show(review_id)
+        return self.outcome(review_id)
 
     def reject(
         self, review_id: str, actor: str, *, comment: str = "", caller: Caller = ADMIN
@@ -250,7 +261,7 @@ class ReviewDesk:
             review.decided_at = self.clock()
             self._audit(session, caller, review, "reject", "allowed", actor)
             session.commit()
-        return self.show(review_id)
+        return self.outcome(review_id)
 
     def request_changes(
         self, review_id: str, actor: str, *, comment: str, caller: Caller = ADMIN
@@ -285,7 +296,7 @@ class ReviewDesk:
                 input=run_input,
                 trigger=trigger,
             ).run_id
-        out = self.show(review_id)
+        out = self.outcome(review_id)
         out["rerun_id"] = rerun_id
         return out
 
@@ -299,7 +310,7 @@ class ReviewDesk:
             self._event(session, review, actor, "comment", comment)
             self._audit(session, caller, review, "comment", "allowed", actor)
             session.commit()
-        return self.show(review_id)
+        return self.outcome(review_id)
 
     def defer(
         self,
@@ -317,7 +328,7 @@ class ReviewDesk:
             self._event(session, review, actor, "defer", comment, {"until": _iso(until)})
             self._audit(session, caller, review, "defer", "allowed", actor)
             session.commit()
-        return self.show(review_id)
+        return self.outcome(review_id)
 
     def edit(
         self, review_id: str, actor: str, *, content: str, comment: str = "", caller: Caller = ADMIN
@@ -351,7 +362,7 @@ class ReviewDesk:
             self._event(session, review, actor, "edit", comment, {"lines": diff.count("\n")})
             self._audit(session, caller, review, "edit", "allowed", actor)
             session.commit()
-        return self.show(review_id)
+        return self.outcome(review_id)
 
     def retry_ship(self, review_id: str, actor: str, caller: Caller = ADMIN) -> dict[str, Any]:
         """Ship a ``ship_failed`` review again (after fixing the destination)."""
@@ -369,7 +380,7 @@ class ReviewDesk:
             self._audit(session, caller, review, "retry_ship", "allowed", actor)
             session.commit()
         self.ship_review(review_id)
-        return self.show(review_id)
+        return self.outcome(review_id)
 
     # -- shipping -------------------------------------------------------------------------
 
