@@ -244,6 +244,18 @@ class GroupSource(Protocol):
         ...
 
 
+@runtime_checkable
+class SyncNotes(Protocol):
+    """A connector that can say more about its last ``sync()`` than changes do: counts the
+    sync report shows beside upserts and failures, e.g. ``{"unmatched_acl_rule": 3}`` (files
+    that no ACL rule matched and got the source's fallback ACL). Read once the sync's
+    generator is exhausted; keys are stable snake_case codes, values counts."""
+
+    def sync_notes(self) -> dict[str, int]:
+        """Counts about the sync that just finished (empty when there is nothing to say)."""
+        ...
+
+
 @dataclass(frozen=True)
 class CommentReceipt:
     """What a write-back left on the source: the comment's id and address, and whether it
