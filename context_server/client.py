@@ -87,8 +87,8 @@ class Backend(Protocol):
         budget_tokens: int | None,
         sources: list[str] | None,
     ) -> dict[str, Any]: ...
-    def bundle(self, bundle_id: str) -> dict[str, Any]: ...
-    def check_bundle(self, bundle_id: str) -> dict[str, Any]: ...
+    def bundle(self, bundle_id: str, as_user: str | None = None) -> dict[str, Any]: ...
+    def check_bundle(self, bundle_id: str, as_user: str | None = None) -> dict[str, Any]: ...
     def document(
         self, document_id: str, agent: str | None, on_behalf_of: str | None
     ) -> dict[str, Any]: ...
@@ -136,11 +136,11 @@ class LocalBackend:
         filters = ContextFilters(sources=tuple(sources)) if sources else None
         return self.router.route(ADMIN, agent, on_behalf_of, query, budget_tokens, filters)
 
-    def bundle(self, bundle_id: str) -> dict[str, Any]:
-        return self.router.bundle(ADMIN, bundle_id)
+    def bundle(self, bundle_id: str, as_user: str | None = None) -> dict[str, Any]:
+        return self.router.bundle(ADMIN, bundle_id, as_user)
 
-    def check_bundle(self, bundle_id: str) -> dict[str, Any]:
-        return self.router.check(ADMIN, bundle_id)
+    def check_bundle(self, bundle_id: str, as_user: str | None = None) -> dict[str, Any]:
+        return self.router.check(ADMIN, bundle_id, as_user)
 
     def document(
         self, document_id: str, agent: str | None, on_behalf_of: str | None
@@ -242,11 +242,13 @@ class RemoteBackend:
             body["filters"] = {"sources": sources}
         return dict(self._call("POST", "/v1/context", body))
 
-    def bundle(self, bundle_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/v1/bundles/{quote(bundle_id)}"))
+    def bundle(self, bundle_id: str, as_user: str | None = None) -> dict[str, Any]:
+        params = {"as": as_user} if as_user else {}
+        return dict(self._call("GET", f"/v1/bundles/{quote(bundle_id)}", params=params))
 
-    def check_bundle(self, bundle_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/v1/bundles/{quote(bundle_id)}/check"))
+    def check_bundle(self, bundle_id: str, as_user: str | None = None) -> dict[str, Any]:
+        params = {"as": as_user} if as_user else {}
+        return dict(self._call("GET", f"/v1/bundles/{quote(bundle_id)}/check", params=params))
 
     def document(
         self, document_id: str, agent: str | None, on_behalf_of: str | None

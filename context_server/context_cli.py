@@ -191,13 +191,23 @@ def context(
         out.print(f"    {escape(text[:240])}{'…' if len(text) > 240 else ''}")
 
 
+AsViewer = Annotated[
+    str | None,
+    typer.Option(
+        "--as", help="Show it as this user (user:NAME) would: what they may not read is left out."
+    ),
+]
+
+
 @bundles_app.command("show")
 def bundles_show(
-    bundle_id: Annotated[str, typer.Argument(help="The bundle id.")], as_json: JsonOpt = False
+    bundle_id: Annotated[str, typer.Argument(help="The bundle id.")],
+    as_: AsViewer = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """A stored bundle: items, versions, ACLs, principals, agent version."""
     with backend_session(as_json) as backend:
-        bundle = backend.bundle(bundle_id)
+        bundle = backend.bundle(bundle_id, as_)
     if as_json:
         print_json(bundle)
         return
@@ -205,7 +215,9 @@ def bundles_show(
         f"bundle {bundle['bundle_id']} · agent {bundle['agent']} "
         f"({bundle['agent_version'][:12]}) for {bundle['on_behalf_of']} · {bundle['created_at']}"
     )
-    out.print(f"query: {escape(bundle['query'])}")
+    out.print(f"query: {escape(bundle['query'] or '(withheld)')}")
+    if bundle["withheld_items"]:
+        out.print(f"{bundle['withheld_items']} item(s) withheld: not readable by the viewer")
     for i, item in enumerate(bundle["items"], 1):
         c = item["citation"]
         out.print(f"[{i}] {escape(c['title'])} v{c['version']} · {c['document_id']}")
@@ -213,17 +225,20 @@ def bundles_show(
 
 @bundles_app.command("check")
 def bundles_check(
-    bundle_id: Annotated[str, typer.Argument(help="The bundle id.")], as_json: JsonOpt = False
+    bundle_id: Annotated[str, typer.Argument(help="The bundle id.")],
+    as_: AsViewer = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Whether each served item changed, was deleted or lost its access since."""
     with backend_session(as_json) as backend:
-        report = backend.check_bundle(bundle_id)
+        report = backend.check_bundle(bundle_id, as_)
     if as_json:
         print_json(report)
     else:
         for item in report["items"]:
             colour = "green" if item["status"] == "unchanged" else "yellow"
-            out.print(f"[{colour}]{item['status']}[/{colour}] {escape(item['title'])}")
+            title = "(redacted)" if item["redacted"] else item["title"]
+            out.print(f"[{colour}]{item['status']}[/{colour}] {escape(title)}")
         out.print("stale" if report["stale"] else "all items current")
 
 

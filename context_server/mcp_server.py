@@ -53,6 +53,7 @@ from context_server.routing import ContextFilters, ContextRouter
 from context_server.runtime import Runtime
 from context_server.settings import Settings
 from context_server.store.models import AgentRun, Bundle
+from context_server.viewer import Viewer
 from context_server.worker import new_review
 from indexing.errors import IndexingError
 
@@ -195,7 +196,7 @@ def review_for_agent(runtime: Runtime, caller: Caller, review_id: str) -> dict[s
     decisions and comments (how an external agent learns that changes were requested)."""
     if caller.kind != "agent":
         raise ForbiddenError(f"get_review takes an agent key, not {caller.label}'s")
-    shown = ReviewDesk(runtime).show(review_id)
+    shown = ReviewDesk(runtime).show(review_id, Viewer.of(caller))
     if shown["agent"] != caller.subject:
         raise NotFoundError(f"no review {review_id!r} of agent {caller.subject!r}")
     return {

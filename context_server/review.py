@@ -30,7 +30,6 @@ from sqlalchemy.orm import Session
 from connectors import registry
 from context_server.errors import ConflictError, ForbiddenError, NotFoundError, SpecError
 from context_server.keys import ADMIN, Caller
-from context_server.review_view import ReviewView, event_json, summary, withhold
 from context_server.runs import RunQueue
 from context_server.shipping import ShipError, ShipOrder, ship
 from context_server.store.models import (
@@ -43,6 +42,7 @@ from context_server.store.models import (
     Source,
     as_utc,
 )
+from context_server.viewer import Viewer, Views, summary
 
 REVIEW_STATES = (
     "pending",
@@ -77,7 +77,7 @@ class ReviewDesk:
         self.sessions = runtime.sessions
         self.clock = clock
         self.queue = RunQueue(runtime.sessions, clock)
-        self.view = ReviewView(runtime)
+        self.views = Views(runtime)
         #: Called after the destination took the artifact, before that is recorded: tests
         #: crash here to prove a recovery does not ship twice.
         self.after_ship: Callable[[str], None] = lambda _review_id: None
@@ -90,10 +90,10 @@ class ReviewDesk:
         agent: str | None = None,
         older_than: timedelta | None = None,
         limit: int = 100,
-        viewer: str | None = None,
+        viewer: Viewer | str | None = None,
     ) -> dict[str, Any]:
-        """Reviews, newest first. ``viewer`` (a user): titles of reviews made from documents
-        they may not read are withheld, as on the review itself."""
+        """Reviews, newest first, as ``viewer`` may see them (``viewer.Views``): titles of
+        reviews made from documents they may not read are withheld."""
         if state is not None and state not in REVIEW_STATES:
             raise SpecError(f"unknown review state {state!r}; known: {', '.join(REVIEW_STATES)}")
         self.expire_due()
@@ -109,66 +109,28 @@ class ReviewDesk:
             counts = dict(
                 session.execute(select(Review.state, func.count()).group_by(Review.state)).all()
             )
-            summaries = [summary(r) for r in rows]
-            if viewer is not None and rows:
-                unreadable = self.view.unreadable(session, list(rows), viewer)
-                for listed in summaries:
-                    if unreadable[listed["id"]]:
-                        listed["title"] = "(withheld)"
             return {
-                "reviews": summaries,
+                "reviews": self.views.review_summaries(session, rows, _viewer(viewer)),
                 "counts": {s: counts.get(s, 0) for s in REVIEW_STATES},
             }
 
-    def show(self, review_id: str, viewer: str | None = None) -> dict[str, Any]:
-        """The review with its artifact, revisions, history and evidence. ``viewer``: the
-        user looking (citations they may not read are redacted); ``None``: the admin."""
+    def show(self, review_id: str, viewer: Viewer | str | None = None) -> dict[str, Any]:
+        """The review with its artifact, revisions, history and evidence, as ``viewer``
+        may see it (a ``Viewer``, a user, or ``None``: the admin)."""
         self.expire_due()
+        seen = _viewer(viewer)
         with self.sessions() as session:
-            review = self._get(session, review_id)
-            run = session.get(AgentRun, review.run_id)
-            out = summary(review)
-            current = review.revisions[-1]
-            out.update(
-                content=current.content,
-                revisions=[
-                    {
-                        "number": r.number,
-                        "author": r.author,
-                        "created_at": _iso(r.created_at),
-                        "diff": r.diff,
-                    }
-                    for r in review.revisions
-                ],
-                events=[event_json(e) for e in review.events],
-                approvals=self._approvals(review),
-                run=None
-                if run is None
-                else {
-                    "run_id": run.id,
-                    "trigger": run.trigger,
-                    "input": run.input,
-                    "query": run.query,
-                    "attempts": run.attempts,
-                    "started_at": _iso(run.started_at),
-                    "finished_at": _iso(run.finished_at),
-                },
-                ship=review.ship,
-                target=review.target,
-                ship_result=review.ship_result,
-                ship_error=review.ship_error,
+            out = self.views.review(session, self._get(session, review_id), seen)
+        if seen.kind == "user":
+            out["may_review"] = (
+                out["withheld"] is None and self.refusal(seen.subject, review_id) is None
             )
-        out["evidence"] = self.evidence(review_id, viewer)
-        if viewer is not None:
-            withheld = self.view.withheld(review_id, viewer)
-            if withheld is not None:
-                withhold(out, withheld)
-            out["may_review"] = withheld is None and self.refusal(viewer, review_id) is None
         return out
 
     def outcome(self, review_id: str) -> dict[str, Any]:
         """What a decision left: the review's summary with its shipping result. Cheap (no
-        evidence check); callers that show the review to someone call ``show`` for them."""
+        evidence check); for the admin's and deciders' eyes (a decider may read all the
+        run read); callers that show the review to someone else call ``show``."""
         with self.sessions() as session:
             review = self._get(session, review_id)
             return {
@@ -177,8 +139,12 @@ class ReviewDesk:
                 "ship_error": review.ship_error,
             }
 
-    def evidence(self, review_id: str, viewer: str | None) -> dict[str, Any]:
-        return self.view.evidence(review_id, viewer)
+    def evidence(self, review_id: str, viewer: Viewer | str | None) -> dict[str, Any]:
+        seen = _viewer(viewer)
+        with self.sessions() as session:
+            review = self._get(session, review_id)
+            shown = self.views.withheld(session, review, seen) is None
+            return self.views.evidence(session, review, seen, query_shown=shown)
 
     # -- who may decide -------------------------------------------------------------------
 
@@ -549,9 +515,7 @@ class ReviewDesk:
         else:
             refusal = self._refusal(actor, review)
         if refusal is None and actor.startswith("user:"):
-            refusal = self.view.withheld(review_id, actor)
-            if refusal is not None:
-                refusal = refusal.removeprefix("withheld: ")
+            refusal = self.views.withheld(session, review, Viewer.user(actor))
         if refusal is not None:
             self._audit(session, caller, review, action, "denied", refusal)
             session.commit()
@@ -622,6 +586,12 @@ class ReviewDesk:
                 detail=f"review {review.id}: {detail}",
             )
         )
+
+
+def _viewer(viewer: Viewer | str | None) -> Viewer:
+    if isinstance(viewer, Viewer):
+        return viewer
+    return Viewer.parse(viewer)
 
 
 def new_review_id() -> str:

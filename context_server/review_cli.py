@@ -21,16 +21,22 @@ from rich.table import Table
 from context_server.audit import parse_time
 from context_server.console import JsonOpt, domain_errors, err, fail, out, print_json
 from context_server.durations import parse_duration
+from context_server.errors import SpecError
 from context_server.keys import ADMIN
 from context_server.review import ReviewDesk
-from context_server.runs import RunQueue, manual_run
+from context_server.runs import RUN_STATES, RunQueue, manual_run
 from context_server.runtime import Runtime
 from context_server.settings import Settings
+from context_server.viewer import Viewer, Views
 
 runs_app = typer.Typer(no_args_is_help=True, help="Agent runs: the queue and its records.")
 review_app = typer.Typer(no_args_is_help=True, help="The review queue: look, decide, ship.")
 
 AsOpt = Annotated[str, typer.Option("--as", help="The deciding user: user:NAME.")]
+ViewAs = Annotated[
+    str | None,
+    typer.Option("--as", help="Show it as this user (user:NAME) would see it."),
+]
 CommentOpt = Annotated[str, typer.Option(help="A note kept with the decision.")]
 
 
@@ -83,11 +89,14 @@ def runs_list(
     state: Annotated[str | None, typer.Option(help="queued, running, succeeded…")] = None,
     agent: Annotated[str | None, typer.Option(help="Only this agent's.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    as_: ViewAs = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Recent runs, newest first."""
     with store_session(as_json) as runtime:
-        runs = RunQueue(runtime.sessions).list_runs(state, agent, limit)
+        if state is not None and state not in RUN_STATES:
+            raise SpecError(f"unknown run state {state!r}; known: {', '.join(RUN_STATES)}")
+        runs = Views(runtime).list_runs(Viewer.parse(as_), state, agent, limit)
     if as_json:
         print_json({"runs": runs})
         return
@@ -108,11 +117,13 @@ def runs_list(
 
 @runs_app.command("show")
 def runs_show(
-    run_id: Annotated[str, typer.Argument(help="The run id.")], as_json: JsonOpt = False
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    as_: ViewAs = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """One run: trigger, input, query, bundle, harness input and output, attempts."""
     with store_session(as_json) as runtime:
-        run = RunQueue(runtime.sessions).get(run_id)
+        run = Views(runtime).show_run(run_id, Viewer.parse(as_))
     if as_json:
         print_json(run)
         return
@@ -120,6 +131,8 @@ def runs_show(
     out.print(
         f"trigger {run['trigger_kind']} · for {run['on_behalf_of']} · bundle {run['bundle_id']}"
     )
+    if run["withheld"]:
+        out.print(f"withheld: {escape(run['withheld'])}")
     out.print(f"query: {escape(run['query'] or '')}")
     for attempt in run["history"]:
         out.print(
@@ -189,7 +202,7 @@ def review_show(
 ) -> None:
     """The artifact, its evidence (cited items, their check), revisions and decisions."""
     with store_session(as_json) as runtime:
-        review = ReviewDesk(runtime).show(review_id, as_)
+        review = ReviewDesk(runtime).show(review_id, Viewer.parse(as_))
     if as_json:
         print_json(review)
         return
@@ -197,7 +210,7 @@ def review_show(
         f"review {review['id']} · {review['agent']} · [bold]{review['state']}[/bold] · "
         f"revision {review['revision']}"
     )
-    out.print(escape(review["content"]))
+    out.print(escape(review["content"] or review["content_withheld"] or ""))
     evidence = review["evidence"]
     out.print(
         f"evidence: bundle {evidence['bundle_id']} · {'STALE' if evidence['stale'] else 'current'}"
@@ -215,7 +228,8 @@ def review_show(
             )
     for event in review["events"]:
         out.print(
-            f"  {event['at'][:19]} {event['actor']} {event['action']} {escape(event['comment'])}"
+            f"  {event['at'][:19]} {event['actor']} {event['action']} "
+            + escape(event["comment"] or "")
         )
 
 

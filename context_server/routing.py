@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,8 +48,8 @@ from context_server.store.models import (
     Source,
     as_utc,
 )
+from context_server.viewer import Viewer, Views, agent_closure, item_json, reads
 from indexing.index import AccessFilter, Hit
-from policies.access import Directory
 
 #: Candidates fetched from the index before de-duplication and packing.
 CANDIDATES = 50
@@ -94,25 +94,6 @@ class Scope:
     def can_read(self, acl: Acl) -> bool:
         """The store-side twin of ``access()``'s ACL part."""
         return reads(self.agent.spec.acting_as, self.user, self.agent_principals)(acl)
-
-
-def reads(mode: str, user: frozenset[str], agent: frozenset[str]) -> Callable[[Acl], bool]:
-    """Whether an ACL lets a request read, by ``acting_as``: the user's principals, the
-    agent's own, or both."""
-
-    def readable(acl: Acl) -> bool:
-        if mode == "as_agent":
-            return acl.grants(agent)
-        if mode == "intersection":
-            return acl.grants(user) and acl.grants(agent)
-        return acl.grants(user)
-
-    return readable
-
-
-def agent_closure(directory: Directory, name: str, principals: Iterable[str]) -> frozenset[str]:
-    """``agent:<name>`` and the agent's declared principals, with their groups."""
-    return frozenset().union(*(directory.principals_for(p) for p in (f"agent:{name}", *principals)))
 
 
 @dataclass
@@ -240,7 +221,7 @@ class ContextRouter:
                 )
             )
             session.commit()
-            out = bundle_json(bundle, include_acl=False)
+            out = bundle_json(bundle)
         out["candidates"] = len(candidates)
         out["near_duplicates_dropped"] = duplicates
         return out
@@ -351,67 +332,23 @@ class ContextRouter:
             raise NotFoundError(f"no bundle {bundle_id!r} visible to this key")
         return bundle
 
-    def bundle(self, caller: Caller, bundle_id: str) -> dict[str, Any]:
+    def bundle(self, caller: Caller, bundle_id: str, as_user: str | None = None) -> dict[str, Any]:
+        """A stored bundle as the caller (or, for the admin, ``as_user``) may see it
+        (``viewer.Views.bundle``)."""
+        viewer = _looking(caller, as_user)
         with self.runtime.sessions() as session:
             bundle = self._visible_bundle(session, caller, bundle_id)
-            return bundle_json(bundle, include_acl=True)
+            return Views(self.runtime).bundle(session, bundle, viewer)
 
-    def check(self, caller: Caller, bundle_id: str) -> dict[str, Any]:
-        """For each served item: ``unchanged``, ``changed`` (a newer version exists),
-        ``deleted``, or ``access_revoked`` (the bundle's principal may no longer read it,
-        by the document's ACL and the group memberships of now)."""
+    def check(self, caller: Caller, bundle_id: str, as_user: str | None = None) -> dict[str, Any]:
+        """For each served item: ``unchanged``, ``changed``, ``deleted`` or
+        ``access_revoked`` since it was served (``viewer.Views.check``); items the caller
+        (or ``as_user``) may not read show their rank and status only."""
+        viewer = _looking(caller, as_user)
         with self.runtime.sessions() as session:
             bundle = self._visible_bundle(session, caller, bundle_id)
-            readable = self._reader_now(session, bundle)
-            ids = {item.document_id for item in bundle.items}
-            documents = {
-                d.id: d for d in session.scalars(select(Document).where(Document.id.in_(ids)))
-            }
-            items = []
-            for item in bundle.items:
-                document = documents.get(item.document_id)
-                current: int | None = None
-                if document is None or document.deleted_at is not None:
-                    status = "deleted"
-                else:
-                    current = document.version
-                    if not readable(Acl.model_validate(document.acl)):
-                        status = "access_revoked"
-                    elif document.version != item.version:
-                        status = "changed"
-                    else:
-                        status = "unchanged"
-                items.append(
-                    {
-                        "rank": item.rank,
-                        "document_id": item.document_id,
-                        "chunk_id": item.chunk_id,
-                        "title": item.title,
-                        "served_version": item.version,
-                        "current_version": current if status != "access_revoked" else None,
-                        "status": status,
-                    }
-                )
-        counts = {s: 0 for s in ("unchanged", "changed", "deleted", "access_revoked")}
-        for entry in items:
-            counts[str(entry["status"])] += 1
-        return {
-            "bundle_id": bundle_id,
-            "checked_at": datetime.now(UTC).isoformat(),
-            "stale": counts["unchanged"] != len(items),
-            "counts": counts,
-            "items": items,
-        }
-
-    def _reader_now(self, session: Session, bundle: Bundle) -> Callable[[Acl], bool]:
-        """Whether the bundle's principal could read an ACL today: principal sets are
-        resolved again from the current memberships."""
-        directory = self.runtime.directory
-        user = directory.principals_for(bundle.on_behalf_of) if bundle.on_behalf_of else frozenset()
-        version = session.get(AgentVersion, bundle.agent_version)
-        declared = list(version.spec.get("principals", [])) if version is not None else []
-        agent = agent_closure(directory, bundle.agent, declared)
-        return reads(bundle.acting_as, user, agent)
+            views = Views(self.runtime)
+            return views.checked(session, bundle, viewer, views.check(session, bundle))
 
     # -- documents ------------------------------------------------------------------------
 
@@ -529,31 +466,18 @@ class ContextRouter:
             session.commit()
 
 
-def bundle_json(bundle: Bundle, *, include_acl: bool) -> dict[str, Any]:
-    items = []
-    for item in bundle.items:
-        citation: dict[str, Any] = {
-            "source": item.source,
-            "document_id": item.document_id,
-            "chunk_id": item.chunk_id,
-            "title": item.title,
-            "section": item.section,
-            "url": item.url,
-            "version": item.version,
-            "updated_at": _iso(item.document_updated_at),
-        }
-        if include_acl:
-            citation["content_hash"] = item.content_hash
-            citation["acl"] = item.acl
-        items.append(
-            {
-                "text": item.text,
-                "score": round(item.score, 6),
-                "tokens": item.tokens,
-                "citation": citation,
-            }
-        )
-    out: dict[str, Any] = {
+def _looking(caller: Caller, as_user: str | None) -> Viewer:
+    """Who a read is shown to: the caller, or the user the admin names."""
+    if as_user is None:
+        return Viewer.of(caller)
+    if caller.kind != "admin":
+        raise ForbiddenError(f"only the admin may look as another user; this is {caller.label}")
+    return Viewer.user(as_user)
+
+
+def bundle_json(bundle: Bundle) -> dict[str, Any]:
+    """The bundle just served, as the context API answers it (its caller asked for it)."""
+    return {
         "bundle_id": bundle.id,
         "agent": bundle.agent,
         "agent_version": bundle.agent_version,
@@ -562,11 +486,5 @@ def bundle_json(bundle: Bundle, *, include_acl: bool) -> dict[str, Any]:
         "budget_tokens": bundle.budget_tokens,
         "used_tokens": bundle.used_tokens,
         "created_at": _iso(bundle.created_at),
-        "items": items,
+        "items": [item_json(item, include_acl=False) for item in bundle.items],
     }
-    if include_acl:
-        out["acting_as"] = bundle.acting_as
-        out["principals"] = bundle.principals
-        out["sources"] = bundle.sources
-        out["key_id"] = bundle.key_id
-    return out

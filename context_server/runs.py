@@ -24,11 +24,12 @@ from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from connectors.base import Acl
 from context_server.agents import Agent
 from context_server.errors import ConflictError, ForbiddenError, NotFoundError, SpecError
 from context_server.keys import Caller
-from context_server.routing import ContextRouter
-from context_server.store.models import AgentRun, as_utc
+from context_server.routing import ContextRouter, Scope
+from context_server.store.models import AgentRun, Document, Source, as_utc
 
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -356,20 +357,25 @@ class RunQueue:
 def manual_run(
     runtime: Any, caller: Caller, agent_name: str, user: str | None, data: dict[str, Any]
 ) -> dict[str, Any]:
-    """Queue a manual run after checking, now, that the agent may act for the user."""
+    """Queue a manual run after checking, now, that the agent may act for the user and, when
+    the input names a ``document_id`` (a comment's target), that the run may read it: a
+    document it may not read is answered exactly like one that does not exist."""
     agent = runtime.agents.get(agent_name)
     if caller.kind == "agent" and caller.subject != agent_name:
         raise ForbiddenError(f"this key belongs to agent {caller.subject!r}")
-    user = user or agent.spec.default_user()
     if caller.kind == "user":
         if user not in (None, caller.subject):
             raise ForbiddenError(f"this key belongs to {caller.subject}; not {user}")
         user = caller.subject
+    user = user or agent.spec.default_user()
     if user is None:
         raise SpecError("give on_behalf_of: the user the run acts for")
     if not agent.spec.runnable:
         raise SpecError(f"agent {agent_name!r} has no harness; it serves context only")
-    ContextRouter(runtime).scope(Caller(kind="agent", subject=agent_name), agent_name, user)
+    scope = ContextRouter(runtime).scope(Caller(kind="agent", subject=agent_name), agent_name, user)
+    target = data.get("document_id")
+    if target is not None:
+        readable_target(runtime, scope, str(target))
     done = RunQueue(runtime.sessions).enqueue(
         agent,
         trigger_kind="manual",
@@ -380,3 +386,21 @@ def manual_run(
         trigger={"kind": "manual"},
     )
     return done.to_json()
+
+
+def readable_target(runtime: Any, scope: Scope, document_id: str) -> Document:
+    """The document ``document_id`` if the run's scope may read it (in one of its sources,
+    its ACL granting the run's reader); else ``NotFoundError``, the same for a document
+    that does not exist, so ids cannot be probed."""
+    with runtime.sessions() as session:
+        row = session.execute(
+            select(Document, Source.name)
+            .join(Source, Source.id == Document.source_id)
+            .where(Document.id == document_id, Document.deleted_at.is_(None))
+        ).first()
+        if row is not None:
+            document, source = row
+            if source in scope.sources and scope.can_read(Acl.model_validate(document.acl)):
+                session.expunge(document)
+                return document
+    raise NotFoundError(f"no document {document_id!r} readable here")

@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from context_server.api.deps import CallerDep, RuntimeDep
 from context_server.durations import parse_duration
-from context_server.errors import ForbiddenError, NotFoundError
+from context_server.errors import ForbiddenError, NotFoundError, SpecError
 from context_server.keys import Caller
 from context_server.review import ReviewDesk
-from context_server.runs import RunQueue, manual_run
+from context_server.runs import RUN_STATES, RunQueue, manual_run
+from context_server.viewer import Viewer, Views
 
 router = APIRouter(prefix="/v1")
 
@@ -47,14 +48,6 @@ def run_agent(name: str, body: RunRequest, runtime: RuntimeDep, caller: CallerDe
     return manual_run(runtime, caller, name, body.on_behalf_of, body.input)
 
 
-def _sees_run(caller: Caller, run: dict[str, Any]) -> bool:
-    if caller.kind == "admin":
-        return True
-    if caller.kind == "agent":
-        return bool(run["agent"] == caller.subject)
-    return bool(run["on_behalf_of"] == caller.subject)
-
-
 @router.get("/runs")
 def list_runs(
     runtime: RuntimeDep,
@@ -63,33 +56,25 @@ def list_runs(
     agent: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
-    runs = RunQueue(runtime.sessions).list_runs(state, agent, limit)
-    return {"runs": [r for r in runs if _sees_run(caller, r)]}
+    if state is not None and state not in RUN_STATES:
+        raise SpecError(f"unknown run state {state!r}; known: {', '.join(RUN_STATES)}")
+    return {"runs": Views(runtime).list_runs(Viewer.of(caller), state, agent, limit)}
 
 
 @router.get("/runs/{run_id}")
 def show_run(run_id: str, runtime: RuntimeDep, caller: CallerDep) -> Any:
-    run = RunQueue(runtime.sessions).get(run_id)
-    if not _sees_run(caller, run):
-        raise NotFoundError(f"no run {run_id!r} visible to this key")
-    return run
+    return Views(runtime).show_run(run_id, Viewer.of(caller))
 
 
 @router.post("/runs/{run_id}/cancel")
 def cancel_run(run_id: str, runtime: RuntimeDep, caller: CallerDep) -> Any:
-    queue = RunQueue(runtime.sessions)
-    if not _sees_run(caller, queue.get(run_id)):
-        raise NotFoundError(f"no run {run_id!r} visible to this key")
-    return queue.cancel(run_id)
+    views, viewer = Views(runtime), Viewer.of(caller)
+    views.show_run(run_id, viewer)  # not visible: the same 404 as a missing run
+    RunQueue(runtime.sessions).cancel(run_id)
+    return views.show_run(run_id, viewer)
 
 
 # -- reviews -------------------------------------------------------------------------------
-
-
-def evidence_viewer(caller: Caller) -> str | None:
-    """Whose permissions redact evidence: a user key's user; the admin and the agent that
-    produced the review see it whole."""
-    return caller.subject if caller.kind == "user" else None
 
 
 def review_visible(desk: ReviewDesk, caller: Caller, review: dict[str, Any]) -> bool:
@@ -113,14 +98,14 @@ def list_reviews(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     age = parse_duration(older_than) if older_than else None
-    listing = desk.list_reviews(state, agent, age, limit, viewer=evidence_viewer(caller))
+    listing = desk.list_reviews(state, agent, age, limit, viewer=Viewer.of(caller))
     if caller.kind != "admin":
         listing["reviews"] = [r for r in listing["reviews"] if review_visible(desk, caller, r)]
     return listing
 
 
 def _shown(desk: ReviewDesk, caller: Caller, review_id: str) -> dict[str, Any]:
-    review = desk.show(review_id, evidence_viewer(caller))
+    review = desk.show(review_id, Viewer.of(caller))
     if not review_visible(desk, caller, review):
         raise NotFoundError(f"no review {review_id!r} visible to this key")
     return review

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
@@ -59,6 +59,12 @@ class ContextRequest(BaseModel):
     filters: Filters | None = None
 
 
+AsUser = Annotated[
+    str | None,
+    Query(alias="as", description="Admin only: show it as this user (user:NAME) would see it."),
+]
+
+
 @v1.post("/context", response_model=ContextResponse)
 def context(body: ContextRequest, caller: CallerDep, router: RouterDep) -> dict[str, Any]:
     """Cited items for one agent run, packed into the token budget, stored as a bundle."""
@@ -72,15 +78,20 @@ def context(body: ContextRequest, caller: CallerDep, router: RouterDep) -> dict[
 
 
 @v1.get("/bundles/{bundle_id}", response_model=BundleResponse)
-def get_bundle(bundle_id: str, caller: CallerDep, router: RouterDep) -> dict[str, Any]:
-    """A stored bundle: the items and versions served, principals, profile version."""
-    return router.bundle(caller, bundle_id)
+def get_bundle(
+    bundle_id: str, caller: CallerDep, router: RouterDep, as_: AsUser = None
+) -> dict[str, Any]:
+    """A stored bundle: the items and versions served, principals, profile version; items
+    the caller may no longer read are left out (``withheld_items`` counts them)."""
+    return router.bundle(caller, bundle_id, as_)
 
 
 @v1.get("/bundles/{bundle_id}/check", response_model=CheckResponse)
-def check_bundle(bundle_id: str, caller: CallerDep, router: RouterDep) -> dict[str, Any]:
+def check_bundle(
+    bundle_id: str, caller: CallerDep, router: RouterDep, as_: AsUser = None
+) -> dict[str, Any]:
     """Per item: unchanged, changed, deleted, or access_revoked since it was served."""
-    return router.check(caller, bundle_id)
+    return router.check(caller, bundle_id, as_)
 
 
 @v1.get("/documents/{document_id}", response_model=DocumentResponse)

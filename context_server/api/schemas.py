@@ -69,22 +69,30 @@ class BundleResponse(BaseModel):
         description="The resolved principal sets the search ran with."
     )
     sources: list[str]
-    query: str
+    query: str | None = Field(
+        description="Withheld (null) when it was made from a document the caller may not read."
+    )
     budget_tokens: int
-    used_tokens: int
+    used_tokens: int = Field(description="Tokens of the items shown.")
     key_id: str | None
     created_at: str | None
+    withheld_items: int = Field(
+        description="Items served that the caller may not read today (not shown)."
+    )
     items: list[ServedItem]
 
 
 class CheckedItem(BaseModel):
     rank: int
-    document_id: str
-    chunk_id: str
-    title: str
-    served_version: int
-    current_version: int | None
     status: Literal["unchanged", "changed", "deleted", "access_revoked"]
+    redacted: bool = Field(
+        description="The caller may not read this item today: only rank and status are shown."
+    )
+    document_id: str | None = None
+    chunk_id: str | None = None
+    title: str | None = None
+    served_version: int | None = None
+    current_version: int | None = None
 
 
 class CheckResponse(BaseModel):

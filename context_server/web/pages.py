@@ -22,7 +22,7 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from context_server.api.review_routes import evidence_viewer, review_visible
+from context_server.api.review_routes import review_visible
 from context_server.audit import event_json, parse_time
 from context_server.durations import parse_duration
 from context_server.errors import (
@@ -34,6 +34,7 @@ from context_server.errors import (
 )
 from context_server.review import REVIEW_STATES, ReviewDesk
 from context_server.store.models import AuditEvent
+from context_server.viewer import Viewer as Looker
 from context_server.web.auth import (
     CsrfError,
     Viewer,
@@ -241,7 +242,7 @@ def review_queue(
         return _queue(request, viewer, filters, [], {}, 422, f"bad age filter: {exc}")
     try:
         listing = desk.list_reviews(
-            state or None, agent or None, age, limit=500, viewer=evidence_viewer(viewer.caller)
+            state or None, agent or None, age, limit=500, viewer=Looker.of(viewer.caller)
         )
     except SpecError as exc:
         return _queue(request, viewer, filters, [], {}, 422, str(exc))
@@ -292,7 +293,7 @@ def _queue(
 def _review_page(request: Request, viewer: Viewer, review_id: str, status: int = 200) -> Response:
     desk = ReviewDesk(runtime_of(request))
     try:
-        review = desk.show(review_id, evidence_viewer(viewer.caller))
+        review = desk.show(review_id, Looker.of(viewer.caller))
     except NotFoundError:
         review = None
     if review is None or not review_visible(desk, viewer.caller, review):
