@@ -1,4 +1,6 @@
-"""The audit trail: reading and exporting ``audit_events`` (written by the router).
+"""The audit trail: reading and exporting ``audit_events``, and the record that makes sure
+every request for context, documents, bundles, runs and reviews leaves a row, allowed or
+refused (``request_record``; the HTTP layer's ``api/audit_trail.py`` closes it).
 
 The table is append-only in the database (the migration installs triggers refusing UPDATE
 and DELETE), so an export is a faithful copy of what happened.
@@ -6,14 +8,20 @@ and DELETE), so an export is a faithful copy of what happened.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy import event as orm_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from context_server.durations import parse_duration
 from context_server.errors import SpecError
+from context_server.keys import Caller
 from context_server.store.models import AuditEvent, as_utc
 
 _BATCH = 1000
@@ -72,3 +80,88 @@ def export(
             return
         after = batch[-1].id
         session.expunge_all()
+
+
+# -- one row for every request that serves or refuses context, documents, bundles, runs and
+# reviews. The domain writes rich rows (what was served, why it was refused); the request
+# record notices them, and the HTTP layer writes a plain row for a request that ended
+# without one (a read of a run, a 401, a 413, a 422 that never reached the domain).
+
+
+@dataclass
+class RequestRecord:
+    """What one HTTP request has told the audit trail so far."""
+
+    caller: Caller | None = None
+    audited: bool = False
+
+
+_current: ContextVar[RequestRecord | None] = ContextVar("audit_request", default=None)
+
+
+@contextmanager
+def request_record() -> Iterator[RequestRecord]:
+    """Open the record of the request being served (worker threads see the same record:
+    they run in a copy of this context, which holds the same object)."""
+    record = RequestRecord()
+    token = _current.set(record)
+    try:
+        yield record
+    finally:
+        _current.reset(token)
+
+
+def note_caller(caller: Caller) -> None:
+    """The request was authenticated as ``caller``."""
+    record = _current.get()
+    if record is not None:
+        record.caller = caller
+
+
+@orm_event.listens_for(AuditEvent, "after_insert")
+def _noted(_mapper: Any, _connection: Any, _target: AuditEvent) -> None:
+    record = _current.get()
+    if record is not None:
+        record.audited = True
+
+
+def outcome_of(status: int) -> str:
+    """An HTTP status as an audit outcome."""
+    if status < 400:
+        return "allowed"
+    return {
+        401: "unauthenticated",
+        403: "denied",
+        404: "not_found",
+        409: "conflict",
+        413: "too_large",
+        422: "invalid",
+        429: "throttled",
+    }.get(status, "error" if status >= 500 else "refused")
+
+
+def record_request(
+    sessions: Callable[[], Session],
+    record: RequestRecord,
+    action: str,
+    status: int,
+    detail: str,
+) -> None:
+    """Write the row of a request the domain did not audit."""
+    caller = record.caller
+    with sessions() as session:
+        session.add(
+            AuditEvent(
+                action=action[:30],
+                outcome=outcome_of(status),
+                key_id=caller.key_id if caller else None,
+                caller=caller.label if caller else "unauthenticated",
+                agent=caller.subject if caller and caller.kind == "agent" else None,
+                on_behalf_of=None,
+                query=None,
+                document_ids=[],
+                bundle_id=None,
+                detail=detail[:2000],
+            )
+        )
+        session.commit()

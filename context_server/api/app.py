@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from connectors.errors import ConfigError, CredentialError, UnknownKindError
 from context_server import __version__
+from context_server.api.audit_trail import AuditTrail
 from context_server.api.review_routes import router as reviews
 from context_server.api.routes import admin, public, v1
 from context_server.errors import ConflictError, ForbiddenError, NotFoundError, SpecError
@@ -73,4 +74,5 @@ def create_app(
             return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status)
 
         app.add_exception_handler(error, handler)
+    app.add_middleware(AuditTrail)  # outermost: sees 401/413/422 that never reach a route
     return app

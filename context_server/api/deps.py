@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from context_server.audit import note_caller
 from context_server.keys import ADMIN, Caller
 from context_server.routing import ContextRouter
 from context_server.runtime import Runtime
@@ -25,10 +26,14 @@ def get_router(request: Request) -> ContextRouter:
 
 
 def authenticate(runtime: Runtime, admin_token: str, token: str) -> Caller | None:
-    """The server's admin token, or an API key; ``None`` for anything else."""
-    if secrets.compare_digest(token.encode(), admin_token.encode()):
-        return ADMIN
-    return runtime.authenticate(token)
+    """The server's admin token, or an API key; ``None`` for anything else. The caller is
+    noted in the request's audit record."""
+    caller: Caller | None = ADMIN
+    if not secrets.compare_digest(token.encode(), admin_token.encode()):
+        caller = runtime.authenticate(token)
+    if caller is not None:
+        note_caller(caller)
+    return caller
 
 
 def get_caller(

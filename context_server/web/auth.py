@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
+from context_server.audit import note_caller
 from context_server.keys import ADMIN, Caller
 from context_server.runtime import Runtime
 from context_server.settings import Settings
@@ -161,6 +162,7 @@ def _oidc_caller(request: Request, session: dict[str, Any]) -> Caller:
 def current_viewer(request: Request) -> Viewer:
     """The logged-in viewer; ``LoginRequired`` sends the browser to the login page."""
     caller = _caller(request)
+    note_caller(caller)
     return Viewer(caller=caller, is_admin=is_admin(runtime_of(request), caller))
 
 
