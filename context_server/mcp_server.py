@@ -178,14 +178,18 @@ class ReviewDecision(BaseModel):
     actor: str
     action: str
     revision: int
-    comment: str
+    comment: str | None = Field(description="Withheld (null) with the draft.")
 
 
 class ReviewResponse(BaseModel):
     review_id: str
     state: str
     revision: int
-    content: str | None = Field(description="The current revision (a reviewer may have edited it).")
+    content: str | None = Field(
+        description="The current revision (a reviewer may have edited it); null when it was "
+        "made from a document the agent may no longer read for the run's user."
+    )
+    withheld: str | None = Field(default=None, description="Why content is withheld, if it is.")
     decisions: list[ReviewDecision]
     shipped_at: str | None
     ship_result: dict[str, Any] | None
@@ -204,6 +208,7 @@ def review_for_agent(runtime: Runtime, caller: Caller, review_id: str) -> dict[s
         "state": shown["state"],
         "revision": shown["revision"],
         "content": shown["content"],
+        "withheld": shown["withheld"],
         "decisions": [
             {k: e[k] for k in ("at", "actor", "action", "revision", "comment")}
             for e in shown["events"]

@@ -260,3 +260,39 @@ def test_a_manual_run_may_not_target_a_document_its_reader_may_not_read(org: Org
     readable = document_id("drive", "handbook/leave.md")
     body = {"input": {"question": "q", "document_id": readable}}
     assert org.client.post("/v1/agents/answerer/runs", json=body, headers=zoe).status_code == 200
+
+
+def test_mcp_get_review_shows_an_agent_only_what_it_may_read_now(org: Org) -> None:
+    """Through the official MCP client against a real port."""
+    import anyio
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tests.integration.test_mcp import serving
+
+    run_id = org.run("answerer", "user:alice")
+    _run, review = org.admin_view(run_id)
+    key = org.client.post("/v1/keys", json={"agent": "answerer"}, headers=ADMIN).json()["key"]
+
+    def get_review(url: str) -> Any:
+        async def go() -> Any:
+            headers = {"Authorization": f"Bearer {key}"}
+            async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+                transport = streamable_http_client(f"{url}/mcp", http_client=http)
+                async with Client(transport) as client:
+                    result = await client.call_tool("get_review", {"review_id": review["id"]})
+                    assert not result.is_error, result
+                    return result.structured_content
+
+        return anyio.run(go)
+
+    with serving(org.settings, org.runtime) as url:
+        before = get_review(url)
+        assert SECRET_TEXT in json.dumps(before)  # its agent may read it for alice: shown
+        assert (
+            org.client.put("/v1/principals", json=WITHOUT_ALICE, headers=ADMIN).status_code == 200
+        )
+        after = get_review(url)
+    assert after["state"] == "pending" and after["content"] is None
+    assert not leaks(org, after), leaks(org, after)
