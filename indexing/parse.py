@@ -238,7 +238,8 @@ _ARCHIVE_MAGIC: Final = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def _limits() -> ParseLimits:
-    return getattr(_LIMITS, "value", DEFAULT_LIMITS)  # type: ignore[no-any-return]
+    limits: ParseLimits = getattr(_LIMITS, "value", DEFAULT_LIMITS)
+    return limits
 
 
 def check_zip(data: bytes, limits: ParseLimits) -> ParseFailure | None:
@@ -264,8 +265,7 @@ def _check_zip(data: bytes, limits: ParseLimits, *, depth: int, budget: list[int
         if budget[1] > limits.max_archive_members:
             raise _LimitError(
                 "too_large",
-                f"more than {limits.max_archive_members} archive members "
-                f"(max_archive_members)",
+                f"more than {limits.max_archive_members} archive members (max_archive_members)",
             )
         for info in members:
             budget[0] -= info.file_size
@@ -331,10 +331,8 @@ def _check_email_parts(data: bytes) -> None:
             "too_large", f"more than {limits.max_email_parts} MIME parts (max_email_parts)"
         )
     message = email.message_from_bytes(data, policy=email.policy.default)
-    parts = 0
     decoded = 0
-    for part in message.walk():
-        parts += 1
+    for parts, part in enumerate(message.walk(), start=1):
         if parts > limits.max_email_parts:
             raise _LimitError(
                 "too_large", f"more than {limits.max_email_parts} MIME parts (max_email_parts)"

@@ -7,6 +7,7 @@ Imports: stdlib, indexing.parse, indexing.offline.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import resource
@@ -19,10 +20,9 @@ from indexing.parse import ParsedDocument, ParseFailure
 
 prepare_unstructured()
 for _module in ("md", "html", "docx", "pptx", "xlsx", "email", "msg", "xml", "json", "csv"):
-    try:
+    # an optional format's dependency may be missing: parse() says so when it meets one
+    with contextlib.suppress(Exception):
         importlib.import_module(f"unstructured.partition.{_module}")
-    except Exception:  # an optional format's dependency is missing: parse() says so later
-        pass
 
 ParseFn = Callable[..., ParsedDocument | ParseFailure]
 

@@ -22,7 +22,7 @@ failed before (same content hash) is reported again without being parsed again
 Memory: parsing runs in the parser (a bounded child process in production,
 indexing/isolate.py); what waits here for the embedder is bounded by
 ``prefetch_documents`` and ``prefetch_chars`` (text of the documents parsed but not yet
-written), so the sync's own memory is about its baseline + ``prefetch_chars`` × ~12 bytes
+written), so the sync's own memory is about its baseline + ``prefetch_chars`` x ~12 bytes
 (text, chunk copies with overlap, embedding texts, keyword vectors) + one embedding batch.
 
 Imports: stdlib, connectors.base, indexing.*.
@@ -167,8 +167,8 @@ class SyncReport:
 
 
 _COUNT_KEYS = frozenset(
-    "documents_seen upserted unchanged acl_updated deleted failed known_failures "
-    "chunks_embedded seconds notes failures".split()
+    {"documents_seen", "upserted", "unchanged", "acl_updated", "deleted", "failed"}
+    | {"known_failures", "chunks_embedded", "seconds", "notes", "failures"}
 )
 
 
@@ -619,7 +619,7 @@ def _unstorable(document: SourceDocument) -> str | None:
     ]
     for key, value in document.metadata.items():
         fields += [("a metadata key", str(key)), (f"metadata {key!r}", str(value))]
-    for name, value in fields:
-        if value is not None and (problem := _bad_text(value)) is not None:
+    for name, text in fields:
+        if text is not None and (problem := _bad_text(text)) is not None:
             return f"its {name} has {problem}"
     return None

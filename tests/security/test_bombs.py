@@ -154,9 +154,7 @@ def test_an_unreadable_zip_is_corrupt(tmp_path: Path, runtimes: list[Runtime]) -
     assert_recorded(rt, "broken.docx", "corrupt")
 
 
-def test_an_email_with_too_many_parts_is_too_large(
-    tmp_path: Path, runtimes: list[Runtime]
-) -> None:
+def test_an_email_with_too_many_parts_is_too_large(tmp_path: Path, runtimes: list[Runtime]) -> None:
     msg = EmailMessage()
     msg["Subject"] = "Many parts"
     msg.set_content("Hello")

@@ -104,7 +104,9 @@ def fake_kind(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def runtime(tmp_path: Path, fake_kind: None) -> Iterator[Runtime]:
-    rt = Runtime(Settings(home=tmp_path / "home", parse_isolation=False), embedder=FakeHashEmbedder())
+    rt = Runtime(
+        Settings(home=tmp_path / "home", parse_isolation=False), embedder=FakeHashEmbedder()
+    )
     rt.add_source(SourceSpec(name="fake", kind="fake", config={}))
     yield rt
     rt.close()
@@ -155,7 +157,10 @@ def test_lone_surrogates_in_extracted_text_do_not_fail_the_sync(runtime: Runtime
     # b"\xed\xa0\x80" is a UTF-8-encoded lone surrogate: a decoder with surrogatepass or a
     # parser building text from code points can hand it on as "\ud800".
     FakeConnector.changes["docs"] = [
-        doc("weird.txt", lambda: "Text with a lone \ud800 surrogate.".encode("utf-8", "surrogatepass")),
+        doc(
+            "weird.txt",
+            lambda: "Text with a lone \ud800 surrogate.".encode("utf-8", "surrogatepass"),
+        ),
         doc("fine.md", "# Fine\n\nFine text."),
     ]
     (run,) = runtime.sync("fake")
@@ -215,7 +220,9 @@ def test_a_sync_whose_process_was_killed_is_marked_interrupted_at_start_up(
             assert proc.poll() is None, "the syncing process ended by itself"
             assert time.monotonic() < deadline, "the sync never started"
             if (home / "store.sqlite3").exists():
-                rt = Runtime(Settings(home=home, parse_isolation=False), embedder=FakeHashEmbedder())
+                rt = Runtime(
+                    Settings(home=home, parse_isolation=False), embedder=FakeHashEmbedder()
+                )
                 try:
                     last = rt.source_info("fake").last_sync if rt.list_sources() else None
                 finally:
@@ -236,6 +243,10 @@ def test_a_sync_whose_process_was_killed_is_marked_interrupted_at_start_up(
     status = CliRunner().invoke(
         app,
         ["sources", "status"],
-        env={"CONTEXT_SERVER_HOME": str(home), "COLUMNS": "200", "CONTEXT_SERVER_PARSE_ISOLATION": "0"},
+        env={
+            "CONTEXT_SERVER_HOME": str(home),
+            "COLUMNS": "200",
+            "CONTEXT_SERVER_PARSE_ISOLATION": "0",
+        },
     )
     assert "interrupted" in status.output, status.output
