@@ -119,16 +119,23 @@ def sources_status(as_json: JsonOpt = False) -> None:
     if as_json:
         print_json({"sources": sources})
         return
-    table = Table("name", "kind", "documents", "last run", "failed", "schedule", "next run")
+    table = Table(
+        "name", "kind", "documents", "last run", "failed", "notes", "schedule", "next run"
+    )
     for s in sources:
         run = s["last_sync"] or {}
         counts = run.get("counts") or {}
+        last = f"{run.get('status', 'never')} {(run.get('finished_at') or '')[:19]}"
+        if run.get("status") in ("interrupted", "failed") and run.get("error"):
+            last += f"\n{escape(str(run['error']))}"
+        notes = run.get("notes") or {}
         table.add_row(
             s["name"],
             s["kind"],
             str(s["documents"]),
-            f"{run.get('status', 'never')} {(run.get('finished_at') or '')[:19]}",
+            last,
             str(counts.get("failed", "")),
+            ", ".join(f"{k} {v}" for k, v in sorted(notes.items())),
             s["schedule"] or "on demand",
             (s["next_run"] or "")[:19],
         )
@@ -215,6 +222,9 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
             f"{run['acl_updated']} ACL-only, {run['deleted']} deleted, {run['failed']} failed, "
             f"{run['chunks_embedded']} chunks embedded in {run['seconds']:.2f}s"
         )
+        notes = run.get("notes") or {}
+        if notes:
+            out.print("  notes: " + ", ".join(f"{k} {v}" for k, v in sorted(notes.items())))
         for f in run["failures"]:
             out.print(f"  [yellow]failed[/yellow] {f['external_id']}: {f['reason']} {f['detail']}")
 

@@ -37,7 +37,7 @@ class SourceInfo:
 class SyncResult:
     source: str
     run_id: int | None
-    status: str  # completed | failed
+    status: str  # completed | failed (notes: report.notes, also in report.counts())
     report: SyncReport
     error: str | None = None
     runs_queued: int = 0  # agent runs its new and changed documents triggered
@@ -89,5 +89,9 @@ def run_json(run: SyncRun) -> dict[str, Any]:
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "counts": run.counts,
+        # what the connector noted (connectors.base.SyncNotes), e.g. {"unmatched_acl_rule": 3}
+        "notes": dict((run.counts or {}).get("notes") or {}),
         "error": run.error,
+        "owner": run.owner,
+        "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
     }

@@ -8,17 +8,20 @@ opened on first use and owned by this process until ``close()``.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, select
+import psutil
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors import registry
-from connectors.base import Checkpoint, GroupSource, check_principal
+from connectors.base import Checkpoint, GroupSource, SyncNotes, check_principal
 from context_server import audit, keys
 from context_server.agents import AgentCatalog
 from context_server.errors import ConflictError, NotFoundError, SpecError
@@ -42,7 +45,9 @@ from context_server.store.sync_store import SqlSyncStore
 from indexing.embed import Embedder, MiniLMEmbedder
 from indexing.errors import IndexingError
 from indexing.index import AccessFilter, Hit, VectorIndex, open_index
+from indexing.isolate import ParserConfig, ParserPool
 from indexing.keyword import KeywordEncoder
+from indexing.parse import ParseLimits
 from indexing.pipeline import Pipeline, PipelineOptions, SyncReport
 from policies.access import Directory, PolicyFile, PolicyFileError, read_policy_file
 
@@ -66,6 +71,7 @@ class Runtime:
         embedder: Embedder | None = None,
         index: VectorIndex | None = None,
         pipeline_options: PipelineOptions | None = None,
+        parsers: ParserPool | None = None,
     ) -> None:
         self.settings = settings
         if settings.database_url is None:
@@ -73,6 +79,7 @@ class Runtime:
         self.engine = make_engine(settings.sqlalchemy_url)
         migrate(self.engine)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.interrupted_at_start = self._mark_interrupted_syncs()
         self._embedder = embedder
         self._index = index
         self._index_checked = False
@@ -87,6 +94,7 @@ class Runtime:
         self.keywords = KeywordEncoder()
         self._lock = threading.Lock()
         self._syncing: set[str] = set()
+        self.parsers = parsers or ParserPool(parser_config(settings, self.pipeline_options))
 
     # -- components, built on first use -------------------------------------------------
 
@@ -159,6 +167,7 @@ class Runtime:
             raise SpecError(str(exc)) from exc
 
     def close(self) -> None:
+        self.parsers.close()
         if self._index is not None:
             self._index.close()
             self._index = None
@@ -289,29 +298,96 @@ class Runtime:
             with self._lock:
                 self._syncing.discard(name)
 
+    # -- sync runs whose process died -------------------------------------------------------
+
+    def _mark_interrupted_syncs(self, source_id: int | None = None) -> list[int]:
+        """Mark ``interrupted`` every running sync run no live process can own: its owner
+        ran on this host and is gone (or is another process under a reused pid), or it ran
+        elsewhere and sent no heartbeat for ``sync_lease_seconds``; a run from before owners
+        were recorded counts as silent since it started. Returns the ids marked."""
+        now = datetime.now(UTC)
+        lease = timedelta(seconds=self.settings.sync_lease_seconds)
+        marked = []
+        with self.sessions() as session:
+            query = select(SyncRun).where(SyncRun.status == "running")
+            if source_id is not None:
+                query = query.where(SyncRun.source_id == source_id)
+            for run in session.scalars(query):
+                why = _dead_owner(run, now, lease)
+                if why is None:
+                    continue
+                run.status = "interrupted"
+                run.finished_at = now
+                run.error = f"interrupted: {why}; the next sync redoes what it did not finish"
+                marked.append(run.id)
+            session.commit()
+        for run_id in marked:
+            log.warning("sync run %s was interrupted (its process is gone)", run_id)
+        return marked
+
+    def _heartbeat(self, run_id: int, stop: threading.Event) -> None:
+        """Renew the run's heartbeat in its own session until ``stop``."""
+        every = self.settings.sync_lease_seconds / 4
+        while not stop.wait(every):
+            try:
+                with self.sessions() as session:
+                    session.execute(
+                        update(SyncRun)
+                        .where(SyncRun.id == run_id, SyncRun.status == "running")
+                        .values(heartbeat_at=datetime.now(UTC))
+                    )
+                    session.commit()
+            except Exception as exc:  # a busy store: the next beat tries again
+                log.warning("heartbeat of sync run %s: %s", run_id, exc)
+
     def _run_sync(self, name: str, progress: ProgressFn | None) -> SyncResult:
         index = self.index  # fail early (locked, unreachable) before a run is recorded
-        pipeline = Pipeline(index, self.embedder, self.pipeline_options)
+        with self.sessions() as session:
+            source_id = session.scalar(select(Source.id).where(Source.name == name))
+        assert source_id is not None
+        self._mark_interrupted_syncs(source_id)
+        with self.sessions() as session:
+            busy = session.scalar(
+                select(SyncRun).where(SyncRun.source_id == source_id, SyncRun.status == "running")
+            )
+            if busy is not None:
+                raise ConflictError(
+                    f"source {name!r} is being synced by another process ({busy.owner}, "
+                    f"run {busy.id})"
+                )
+        with self.parsers.lease() as parser:
+            pipeline = Pipeline(index, self.embedder, self.pipeline_options, parser)
+            return self._run_pipeline(name, pipeline, progress)
+
+    def _run_pipeline(
+        self, name: str, pipeline: Pipeline, progress: ProgressFn | None
+    ) -> SyncResult:
         with self.sessions() as session:
             source = session.scalar(select(Source).where(Source.name == name))
             assert source is not None
-            # A run still 'running' here was cut short (this process owns the source now).
-            for stale in session.scalars(
-                select(SyncRun).where(SyncRun.source_id == source.id, SyncRun.status == "running")
-            ):
-                stale.status = "interrupted"
-                stale.finished_at = datetime.now(UTC)
             connector = registry.build(source.kind, source.config)
             checkpoint: Checkpoint | None = None
             if source.checkpoint is not None:
                 checkpoint = registry.checkpoint_model(source.kind).model_validate(
                     source.checkpoint
                 )
-            run = SyncRun(source_id=source.id, status="running", counts={})
+            run = SyncRun(
+                source_id=source.id,
+                status="running",
+                counts={},
+                owner=OWNER,
+                heartbeat_at=datetime.now(UTC),
+            )
             session.add(run)
             session.commit()
             store = SqlSyncStore(session, source.id, run)
             stage = ""
+            beating = threading.Event()
+            heart = threading.Thread(
+                target=self._heartbeat, args=(run.id, beating), name=f"sync-heartbeat-{name}"
+            )
+            heart.daemon = True
+            heart.start()
             try:
                 report, next_checkpoint = pipeline.sync(
                     name,
@@ -320,6 +396,7 @@ class Runtime:
                     full=checkpoint is None,
                     progress=(lambda r: progress(name, r)) if progress else None,
                 )
+                report.notes = _notes(connector, name)
                 counts = report.counts()
                 if isinstance(connector, GroupSource):
                     stage = "group sync: "
@@ -333,6 +410,8 @@ class Runtime:
                 run.finished_at = datetime.now(UTC)
                 session.commit()
                 raise
+            finally:
+                beating.set()
             run.status = "completed"
             run.counts = counts
             run.finished_at = datetime.now(UTC)
@@ -523,6 +602,65 @@ class Runtime:
     ) -> Iterator[dict[str, object]]:
         with self.sessions() as session:
             yield from audit.export(session, since, until)
+
+
+def _process_owner() -> str:
+    """This process as a sync run's owner: host, pid and start time (pids are reused)."""
+    started = psutil.Process().create_time()
+    return f"{socket.gethostname()}:{os.getpid()}:{started:.2f}"
+
+
+OWNER = _process_owner()
+
+
+def _dead_owner(run: SyncRun, now: datetime, lease: timedelta) -> str | None:
+    """Why no live process can own ``run`` (``None``: one may)."""
+    if run.owner is not None and run.owner.count(":") >= 2:
+        host, pid_text, started_text = run.owner.rsplit(":", 2)
+        if host == socket.gethostname():
+            pid, started = int(pid_text), float(started_text)
+            if run.owner == OWNER:
+                return None  # ours: the in-process guard (_syncing) decides
+            try:
+                alive = abs(psutil.Process(pid).create_time() - started) < 1
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                alive = False
+            return None if alive else f"its process (pid {pid} on {host}) is gone"
+    beat = run.heartbeat_at or run.started_at
+    if beat is not None and now - as_utc(beat) > lease:
+        return f"no heartbeat from {run.owner or 'its process'} since {as_utc(beat).isoformat()}"
+    return None
+
+
+def _notes(connector: object, source: str) -> dict[str, int]:
+    """What the connector noted about the sync that just finished (SyncNotes), as counts;
+    a connector that cannot say is logged, not a failed sync."""
+    if not isinstance(connector, SyncNotes):
+        return {}
+    try:
+        notes = connector.sync_notes()
+        return {str(k): int(v) for k, v in dict(notes).items()}
+    except Exception as exc:
+        log.warning("sync notes of %s: %s", source, exc)
+        return {}
+
+
+def parser_config(settings: Settings, options: PipelineOptions) -> ParserConfig:
+    return ParserConfig(
+        max_bytes=options.max_document_bytes,
+        limits=ParseLimits(
+            max_inflated_bytes=settings.max_inflated_bytes,
+            max_compression_ratio=settings.max_compression_ratio,
+            max_archive_members=settings.max_archive_members,
+            max_archive_depth=settings.max_archive_depth,
+            max_email_parts=settings.max_email_parts,
+            max_text_chars=settings.max_text_chars,
+        ),
+        isolate=settings.parse_isolation,
+        timeout_seconds=settings.parse_timeout_seconds,
+        memory_bytes=settings.parse_memory_bytes,
+        target=settings.parse_target,
+    )
 
 
 def _missing(name: str) -> NotFoundError:

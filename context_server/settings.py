@@ -38,6 +38,58 @@ class Settings(BaseSettings):
         gt=0,
         description="Documents larger than this are recorded as failures (too_large).",
     )
+    max_inflated_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        gt=0,
+        description="A container (docx/pptx/xlsx/odt/epub/zip, nested ones included) whose "
+        "members declare more uncompressed bytes than this, or an email whose parts decode "
+        "to more, is recorded as too_large without being parsed.",
+    )
+    max_compression_ratio: float = Field(
+        default=200.0,
+        gt=1,
+        description="A container member over 1 MiB inflating more than this many times its "
+        "compressed size is a bomb: too_large.",
+    )
+    max_archive_members: int = Field(
+        default=10_000, gt=0, description="Members of a container, nested ones included."
+    )
+    max_archive_depth: int = Field(
+        default=2, ge=0, description="Containers nested in containers (a docx with an xlsx: 1)."
+    )
+    max_email_parts: int = Field(
+        default=1_000, gt=0, description="MIME parts of an .eml, attachments of a .msg."
+    )
+    max_text_chars: int = Field(
+        default=10_000_000,
+        gt=0,
+        description="A document whose extracted text is longer is recorded as too_large "
+        "(not truncated: a half-indexed document would look complete).",
+    )
+    parse_isolation: bool = Field(
+        default=True,
+        description="Parse in a child process bounded in time and memory (killed and "
+        "replaced when a document exceeds them). Off: in-process, unbounded (tests).",
+    )
+    parse_timeout_seconds: float = Field(
+        default=120, gt=0, description="Wall-clock time one document may take to parse."
+    )
+    parse_memory_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        gt=0,
+        description="Address space the parse child may grow by while parsing (RLIMIT_AS "
+        "above its warm size); a document needing more is too_large.",
+    )
+    parse_target: str = Field(
+        default="indexing.parse:parse",
+        description="The parse function the child runs, as module:function (tests only).",
+    )
+    sync_lease_seconds: float = Field(
+        default=120,
+        ge=5,
+        description="A running sync renews its heartbeat every quarter of this; one whose "
+        "process is gone (same host) or silent this long (other hosts) is interrupted.",
+    )
     chunk_tokens: int = Field(default=200, ge=32, le=512, description="Maximum tokens per chunk.")
     chunk_overlap_tokens: int = Field(
         default=30, ge=0, le=128, description="Tokens repeated between consecutive chunks."

@@ -1,8 +1,23 @@
 """Parsing: document bytes → ordered, categorised text elements, or a ``ParseFailure`` value.
 
-``parse(data, filename=…, mime_type=…, max_bytes=…)`` never raises for a bad document: it
-returns a :class:`ParsedDocument` (elements with category, page, heading path, and their
-character spans in ``full_text``) or a :class:`ParseFailure` with a stable reason code.
+``parse(data, filename=…, mime_type=…, max_bytes=…, limits=…)`` never raises for a bad
+document: it returns a :class:`ParsedDocument` (elements with category, page, heading path,
+and their character spans in ``full_text``) or a :class:`ParseFailure` with a stable reason
+code.
+
+Bounds (:class:`ParseLimits`), checked cheaply *before* a parser sees the bytes where they
+can be: a zip-based container (docx/pptx/xlsx/odt/epub/zip/…) is refused as ``too_large``
+when its central directory declares more inflated bytes, members, nesting or a higher
+compression ratio than allowed, and as ``corrupt`` when it cannot be read (Python's zipfile,
+which every OOXML reader here uses, never inflates a member past its declared size: it stops
+there and fails the CRC check, so declared sizes bound what is inflated). An email with
+more parts or decoded bytes than allowed, a .msg with too many attachments: ``too_large``.
+Markup nested deeper than libxml2's limit (256), which lxml would silently cut off:
+``too_deep`` (never an ``empty`` that loses the text). Text longer than
+``max_text_chars`` after parsing: ``too_large`` (recorded, not silently truncated). A parser
+running out of memory (``MemoryError`` under the child's address-space limit):
+``too_large``. Time and memory are bounded by running ``parse`` in a child process
+(indexing/isolate.py).
 
 How each type is read (type = content sniffing by ``unstructured`` + the file extension):
 
@@ -32,6 +47,7 @@ import io
 import math
 import re
 import threading
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -42,7 +58,27 @@ from indexing.offline import prepare_unstructured
 if TYPE_CHECKING:
     from unstructured.file_utils.model import FileType
 
-FailureReason = Literal["too_large", "empty", "encrypted", "corrupt", "unsupported_type"]
+FailureReason = Literal[
+    "too_large", "too_deep", "timeout", "empty", "encrypted", "corrupt", "unsupported_type"
+]
+
+MiB: Final = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """What one document may cost to parse (the defaults are Settings' defaults)."""
+
+    max_inflated_bytes: int = 256 * MiB  # declared uncompressed bytes of a container, in all
+    max_compression_ratio: float = 200.0  # of one member inflating past 1 MiB
+    max_archive_members: int = 10_000  # members of a container, nested ones included
+    max_archive_depth: int = 2  # containers inside containers (a docx embedding an xlsx: 1)
+    max_email_parts: int = 1_000  # MIME parts of an eml; attachments of a msg
+    max_text_chars: int = 10_000_000  # extracted text (~2.5 M tokens, ~12 000 chunks)
+
+
+DEFAULT_LIMITS: Final = ParseLimits()
+_RATIO_FLOOR: Final = MiB  # small members may compress well (a sheet of empty cells)
 
 _OBJECT_REPR = re.compile(r":?\s*<[\w.]+ object at 0x[0-9a-f]+>")
 
@@ -89,8 +125,9 @@ def assemble(filetype: str, parts: Iterable[Part]) -> ParsedDocument:
     elements: list[Element] = []
     pos = 0
     for part in parts:
-        # NUL bytes are legal in extracted text but rejected by PostgreSQL text columns.
-        text = part.text.replace("\x00", "").strip()
+        # NUL bytes are legal in extracted text but rejected by PostgreSQL text columns; a
+        # lone surrogate (from a parser building text of code points) by every encoder.
+        text = _clean(part.text).strip()
         if not text:
             continue
         if elements:
@@ -113,14 +150,41 @@ class _EncryptedError(Exception):
     pass
 
 
+def _clean(text: str) -> str:
+    text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates -> "?"
+    return text
+
+
+class _LimitError(Exception):
+    """A bound of :class:`ParseLimits` was crossed: ``reason`` is too_large or too_deep."""
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason: FailureReason = reason
+
+
 def parse(
-    data: bytes, *, filename: str, mime_type: str | None, max_bytes: int
+    data: bytes,
+    *,
+    filename: str,
+    mime_type: str | None,
+    max_bytes: int,
+    limits: ParseLimits = DEFAULT_LIMITS,
 ) -> ParsedDocument | ParseFailure:
     """Parse one document. Returns a failure value for anything unreadable; never raises."""
     if len(data) > max_bytes:
         return ParseFailure("too_large", f"{len(data)} bytes > max_bytes={max_bytes}")
     if not data.strip():
         return ParseFailure("empty", "no content" if not data else "only whitespace")
+    if data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        refused = check_zip(data, limits)
+        if refused is not None:
+            return refused
+    _LIMITS.value = limits
     # Encrypted OOXML (docx/pptx/xlsx) is an OLE container holding an "EncryptedPackage"
     # stream; sniff it before type detection, which would call it doc/msg or unknown.
     if data.startswith(_OLE_MAGIC) and "EncryptedPackage".encode("utf-16-le") in data:
@@ -131,21 +195,157 @@ def parse(
         handler = _HANDLERS.get(name)
         if handler is None:
             return ParseFailure("unsupported_type", _unsupported_detail(name))
+        if name in ("html", "xml"):
+            _check_depth(data, name)
         doc = assemble(name, _sections(handler(data), page_scoped=name in _PAGE_SCOPED_TYPES))
     except _EncryptedError as exc:
         return ParseFailure("encrypted", str(exc))
+    except _LimitError as exc:
+        return ParseFailure(exc.reason, str(exc))
+    except MemoryError:
+        return ParseFailure("too_large", "parsing it needed more memory than the parse limit")
+    except RecursionError:
+        return ParseFailure("too_deep", "nested too deeply to parse (recursion limit)")
     except Exception as exc:  # a bad document must never escape: record it, go on
         # Without object reprs (<_io.BytesIO object at 0x…>): the same file, the same detail.
         detail = _OBJECT_REPR.sub("", f"{type(exc).__name__}: {exc}")[:2000].rstrip(" :")
         if isinstance(exc, ImportError):  # an optional dependency of this format is missing
             return ParseFailure("unsupported_type", detail)
+        if "Excessive depth" in str(exc):  # libxml2's nesting limit (XML)
+            return ParseFailure("too_deep", detail)
         if re.search(r"password|encrypt", str(exc), re.IGNORECASE):
             return ParseFailure("encrypted", detail)
         return ParseFailure("corrupt", detail)
+    finally:
+        _LIMITS.value = DEFAULT_LIMITS
+    if len(doc.full_text) > limits.max_text_chars:
+        return ParseFailure(
+            "too_large",
+            f"{len(doc.full_text)} characters of text > max_text_chars={limits.max_text_chars}",
+        )
     if not doc.elements:
         hint = " (scanned? OCR is not available)" if name == "pdf" else ""
         return ParseFailure("empty", f"no extractable text in {name} document{hint}")
     return doc
+
+
+# ------------------------------------------------------------------------------ bounds
+
+# The limits of the parse under way (handlers deep in the call take no arguments).
+_LIMITS: Final = threading.local()
+_LIMITS.value = DEFAULT_LIMITS
+_ARCHIVE_MAGIC: Final = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _limits() -> ParseLimits:
+    limits: ParseLimits = getattr(_LIMITS, "value", DEFAULT_LIMITS)
+    return limits
+
+
+def check_zip(data: bytes, limits: ParseLimits) -> ParseFailure | None:
+    """Refuse a zip container from its central directory alone (nothing inflated), except
+    nested archives, which are read (up to their declared size, within the budget) and
+    checked in turn. ``None``: within every limit."""
+    try:
+        _check_zip(data, limits, depth=0, budget=[limits.max_inflated_bytes, 0])
+    except _LimitError as exc:
+        return ParseFailure(exc.reason, str(exc))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
+        return ParseFailure("corrupt", f"unreadable zip container: {type(exc).__name__}: {exc}")
+    except NotImplementedError as exc:  # an unknown compression method
+        return ParseFailure("corrupt", f"unreadable zip container: {exc}")
+    return None
+
+
+def _check_zip(data: bytes, limits: ParseLimits, *, depth: int, budget: list[int]) -> None:
+    """``budget``: [inflated bytes left, members seen], shared with nested archives."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        members = zf.infolist()
+        budget[1] += len(members)
+        if budget[1] > limits.max_archive_members:
+            raise _LimitError(
+                "too_large",
+                f"more than {limits.max_archive_members} archive members (max_archive_members)",
+            )
+        for info in members:
+            budget[0] -= info.file_size
+            if budget[0] < 0:
+                raise _LimitError(
+                    "too_large",
+                    f"its members inflate to more than {limits.max_inflated_bytes} bytes "
+                    f"(max_inflated_bytes); {info.filename!r} alone to {info.file_size}",
+                )
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size > _RATIO_FLOOR and ratio > limits.max_compression_ratio:
+                raise _LimitError(
+                    "too_large",
+                    f"{info.filename!r} inflates {ratio:.0f}x ({info.compress_size} -> "
+                    f"{info.file_size} bytes; max_compression_ratio="
+                    f"{limits.max_compression_ratio:g})",
+                )
+        for info in members:
+            if info.is_dir() or info.file_size < 4:
+                continue
+            with zf.open(info) as member:
+                head = member.read(4)
+                if not head.startswith(_ARCHIVE_MAGIC):
+                    continue
+                if depth + 1 > limits.max_archive_depth:
+                    raise _LimitError(
+                        "too_large",
+                        f"archives nested more than {limits.max_archive_depth} deep "
+                        f"({info.filename!r}; max_archive_depth)",
+                    )
+                # zipfile stops at the declared size, already counted against the budget.
+                inner = head + member.read(info.file_size)
+            _check_zip(inner, limits, depth=depth + 1, budget=budget)
+
+
+def _check_depth(data: bytes | str, name: str) -> None:
+    """lxml (libxml2) stops at 256 levels of nesting and, for HTML, silently drops the rest:
+    the text would be lost without a reason. Parse once (C, fast) and look at its log."""
+    import lxml.etree
+    import lxml.html
+
+    parser = lxml.html.HTMLParser() if name != "xml" else lxml.etree.XMLParser()
+    try:
+        lxml.etree.fromstring(data.encode() if isinstance(data, str) else data, parser)
+    except lxml.etree.XMLSyntaxError as exc:
+        if "Excessive depth" in str(exc):
+            raise _LimitError("too_deep", f"{name} nested deeper than 256 levels: {exc}") from exc
+        return  # the partitioner reports its own errors
+    except ValueError:
+        return
+    for entry in parser.error_log:
+        if entry.type_name == "ERR_RESOURCE_LIMIT" or "Excessive depth" in entry.message:
+            raise _LimitError("too_deep", f"{name} nested deeper than 256 levels ({entry.message})")
+
+
+def _check_email_parts(data: bytes) -> None:
+    """Parts and decoded size of an eml, counted before unstructured builds every part."""
+    limits = _limits()
+    # Each MIME part starts at a boundary line ("--boundary"): a cheap upper bound first.
+    boundaries = len(re.findall(rb"(?m)^--[^\r\n]", data))
+    if boundaries > 2 * limits.max_email_parts + 2:
+        raise _LimitError(
+            "too_large", f"more than {limits.max_email_parts} MIME parts (max_email_parts)"
+        )
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    decoded = 0
+    for parts, part in enumerate(message.walk(), start=1):
+        if parts > limits.max_email_parts:
+            raise _LimitError(
+                "too_large", f"more than {limits.max_email_parts} MIME parts (max_email_parts)"
+            )
+        if not part.is_multipart():
+            payload = part.get_payload(decode=True)
+            decoded += len(payload) if isinstance(payload, bytes) else 0
+            if decoded > limits.max_inflated_bytes:
+                raise _LimitError(
+                    "too_large",
+                    f"its parts decode to more than {limits.max_inflated_bytes} bytes "
+                    "(max_inflated_bytes)",
+                )
 
 
 # ----------------------------------------------------------------------------- type detection
@@ -227,6 +427,22 @@ def _partitioner(module: str, function: str, **kwargs: Any) -> Callable[[bytes],
     return run
 
 
+def _markdown(data: bytes) -> list[_Raw]:
+    """unstructured's partition_md (markdown -> HTML -> partition_html), with the HTML's
+    nesting checked in between: python-markdown nests blockquotes and lists as deep as the
+    source does, and lxml would drop what lies past 256 levels."""
+    import markdown
+    from unstructured.file_utils.encoding import read_txt_file
+    from unstructured.file_utils.model import FileType
+    from unstructured.partition.html import partition_html
+
+    _, text = read_txt_file(file=data)
+    html = markdown.markdown(text, extensions=["tables", "fenced_code"])
+    _check_depth(html, "markdown")
+    elements = partition_html(text=html, metadata_file_type=FileType.MD, languages=[""])
+    return list(_from_elements(elements))
+
+
 def _table_or_text(module: str, function: str) -> Callable[[bytes], list[_Raw]]:
     """csv/tsv: pandas rejects ragged or UTF-16 files that are still perfectly readable text."""
     table = _partitioner(module, function)
@@ -241,6 +457,8 @@ def _table_or_text(module: str, function: str) -> Callable[[bytes], list[_Raw]]:
 
 
 def _email(data: bytes, kind: str) -> list[_Raw]:
+    if kind == "email":
+        _check_email_parts(data)
     subject = _email_subject(data, kind)
     partition = _partitioner(kind, f"partition_{kind}", process_attachments=False)
     body = partition(data)
@@ -253,6 +471,12 @@ def _email_subject(data: bytes, kind: str) -> str:
         from oxmsg import Message
 
         msg = Message.load(io.BytesIO(data))
+        limit = _limits().max_email_parts
+        if len(msg.attachments) > limit:
+            raise _LimitError(
+                "too_large",
+                f"{len(msg.attachments)} attachments > {limit} (max_email_parts)",
+            )
         content_type = str(msg.message_headers.get("Content-Type") or "")
         smime = msg.message_class.startswith("IPM.Note.SMIME") and "Signed" not in msg.message_class
         subject = str(msg.subject or "")
@@ -412,7 +636,7 @@ _HANDLERS: Final[dict[str, Callable[[bytes], list[_Raw]]]] = {
     "txt": _text,
     "rst": _text,
     "org": _text,
-    "md": _partitioner("md", "partition_md"),
+    "md": _markdown,
     "html": _partitioner("html", "partition_html"),
     "docx": _partitioner("docx", "partition_docx"),
     "pptx": _partitioner("pptx", "partition_pptx"),

@@ -11,6 +11,20 @@ the store is committed after the index. Re-running a sync that died half-way red
 unfinished documents and finds the finished ones unchanged. The checkpoint is committed
 last, with the run's report.
 
+One bad document never fails a sync: anything raised while reading, parsing, chunking or
+storing one document (a ``read()`` that raises, a lone surrogate in a title, a store that
+refuses a row) becomes a recorded ``Failure`` for that document, and deletions and ACL
+updates still apply. What the connector's generator itself raises cannot be resumed and
+fails the sync (the connector's job is to yield ``Failure`` instead). A document whose bytes
+failed before (same content hash) is reported again without being parsed again
+(``known_failures``), so a bomb costs one parse, not one per sync.
+
+Memory: parsing runs in the parser (a bounded child process in production,
+indexing/isolate.py); what waits here for the embedder is bounded by
+``prefetch_documents`` and ``prefetch_chars`` (text of the documents parsed but not yet
+written), so the sync's own memory is about its baseline + ``prefetch_chars`` x ~12 bytes
+(text, chunk copies with overlap, embedding texts, keyword vectors) + one embedding batch.
+
 Imports: stdlib, connectors.base, indexing.*.
 """
 
@@ -34,8 +48,9 @@ from indexing.index import (
     SparseVector,
     VectorIndex,
 )
+from indexing.isolate import InProcessParser, Parser, ParserConfig
 from indexing.keyword import KeywordEncoder
-from indexing.parse import ParseFailure, parse
+from indexing.parse import ParseFailure
 
 NAMESPACE = uuid.UUID("6f1c3a52-96b4-4a8e-9d51-3f0f6a1b2c7d")
 
@@ -101,7 +116,10 @@ class SyncStore(Protocol):
 
     def save_document(
         self, doc_id: str, document: SourceDocument, version: int, chunks: Sequence[PreparedChunk]
-    ) -> None: ...
+    ) -> None:
+        """All of it or nothing: a document the store refuses raises, leaving the store as it
+        was before the call (the pipeline records the failure and goes on)."""
+        ...
 
     def save_acl(self, doc_id: str, acl: Acl) -> None: ...
 
@@ -125,10 +143,14 @@ class SyncReport:
     deleted: int = 0
     failed: int = 0
     chunks_embedded: int = 0
+    known_failures: int = 0  # failed before with the same bytes: reported, not parsed again
     seconds: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    # What the connector noted about its sync (connectors.base.SyncNotes), set by the caller.
+    notes: dict[str, int] = field(default_factory=dict)
 
     def counts(self) -> dict[str, Any]:
+        """The stored and printed counts; each note also at the top level (its own count)."""
         return {
             "documents_seen": self.documents_seen,
             "upserted": self.upserted,
@@ -136,9 +158,18 @@ class SyncReport:
             "acl_updated": self.acl_updated,
             "deleted": self.deleted,
             "failed": self.failed,
+            "known_failures": self.known_failures,
             "chunks_embedded": self.chunks_embedded,
             "seconds": round(self.seconds, 3),
+            **{k: v for k, v in self.notes.items() if k not in _COUNT_KEYS},
+            "notes": dict(self.notes),
         }
+
+
+_COUNT_KEYS = frozenset(
+    {"documents_seen", "upserted", "unchanged", "acl_updated", "deleted", "failed"}
+    | {"known_failures", "chunks_embedded", "seconds", "notes", "failures"}
+)
 
 
 @dataclass(frozen=True)
@@ -149,6 +180,7 @@ class PipelineOptions:
     batch_chunks: int = 512  # chunks embedded together; amortises per-call overhead
     min_batch_chunks: int = 128  # embedded early when the reader is behind
     prefetch_documents: int = 32  # parsed documents waiting for the embedder, at most
+    prefetch_chars: int = 20_000_000  # their text, at most (one larger document still passes)
 
 
 @dataclass(frozen=True)
@@ -160,6 +192,7 @@ class _Prepared:
     texts: list[str]
     chunks: list[PreparedChunk]
     keywords: list[SparseVector]
+    chars: int = 0  # its text, held against the prefetch budget until written
 
 
 @dataclass(frozen=True)
@@ -200,11 +233,17 @@ class Pipeline:
         index: VectorIndex,
         embedder: Embedder,
         options: PipelineOptions | None = None,
+        parser: Parser | None = None,
     ) -> None:
         self.index = index
         self.embedder = embedder
         self.keywords = KeywordEncoder()
         self.options = options or PipelineOptions()
+        # In-process by default (tests, benchmarks); the runtime lends an isolated one.
+        self.parser = parser or InProcessParser(
+            ParserConfig(max_bytes=self.options.max_document_bytes, isolate=False)
+        )
+        self._budget = _Budget(self.options.prefetch_chars)  # renewed by each sync
 
     def sync(
         self,
@@ -224,6 +263,7 @@ class Pipeline:
         known = store.known_documents()
         failed_before = store.known_failures()
         report = SyncReport()
+        self._budget = _Budget(self.options.prefetch_chars)
         seen: set[str] = set()
         items: queue.Queue[_Item] = queue.Queue(maxsize=self.options.prefetch_documents)
         stop = threading.Event()
@@ -238,7 +278,13 @@ class Pipeline:
         checkpoint: Checkpoint | None = None
         try:
             while True:
-                item = items.get()
+                try:
+                    item = items.get(timeout=0.2)
+                except queue.Empty:
+                    # The reader is slow or waits for prefetch budget the batch holds.
+                    self._write_batch(source, batch, store, report)
+                    batch = []
+                    continue
                 if isinstance(item, _Prepared):
                     batch.append(item)
                     pending = sum(len(p.chunks) for p in batch)
@@ -257,9 +303,11 @@ class Pipeline:
                     self._delete(item.doc_id, store, report)
                 elif isinstance(item, _Failed):
                     f = item.failure
-                    store.record_failure(f.external_id, f.reason, f.detail, item.content_hash)
+                    # An id or detail that cannot be stored as such is stored legibly.
+                    external_id, detail = _legible(f.external_id), _legible(f.detail)
+                    store.record_failure(external_id, f.reason, detail, item.content_hash)
                     report.failed += 1
-                    report.failures.append((f.external_id, f.reason, f.detail))
+                    report.failures.append((external_id, f.reason, detail))
                 elif isinstance(item, _Crashed):
                     raise item.error
                 elif isinstance(item, _Done):
@@ -322,6 +370,8 @@ class Pipeline:
                     put(_Done(end.value))
                     return
                 for item in self._prepare(source, change, known, failed_before, seen, report):
+                    if isinstance(item, _Prepared):
+                        self._budget.acquire(item.chars, stop)
                     if not put(item):
                         return
         except BaseException as exc:  # handed to the calling thread, which re-raises it
@@ -348,6 +398,12 @@ class Pipeline:
         seen.add(document.external_id)
         report.documents_seen += 1
         stored = known.get(document.external_id)
+        invalid = _unstorable(document)
+        if invalid is not None:
+            failure = _Failed(Failure(document.external_id, "invalid_document", invalid))
+            if stored and not stored.deleted and stored.acl != document.acl:
+                return [_AclOnly(stored.id, document.acl), failure]
+            return [failure]
         if stored and not stored.deleted and stored.content_hash == document.content_hash:
             if stored.acl != document.acl:
                 return [_AclOnly(stored.id, document.acl)]
@@ -360,8 +416,14 @@ class Pipeline:
             prepared: _Prepared | Failure = Failure(
                 document.external_id, before.reason, before.detail
             )
+            report.known_failures += 1
         else:
-            prepared = self._parse_and_chunk(document, doc_id, stored)
+            try:
+                prepared = self._parse_and_chunk(document, doc_id, stored)
+            except Exception as exc:  # one document's problem, never the sync's
+                prepared = Failure(
+                    document.external_id, "processing_error", _describe(exc, "preparing it")
+                )
         if isinstance(prepared, _Prepared):
             return [prepared]
         failed = _Failed(prepared, document.content_hash)
@@ -382,9 +444,10 @@ class Pipeline:
             data = document.read()
         except Exception as exc:
             return Failure(document.external_id, "unreadable", f"{type(exc).__name__}: {exc}")
-        parsed = parse(
-            data, filename=document.filename, mime_type=document.mime_type, max_bytes=limit
-        )
+        if len(data) > limit:
+            return Failure(document.external_id, "too_large", f"{len(data)} bytes > limit {limit}")
+        parsed = self.parser.parse(data, filename=document.filename, mime_type=document.mime_type)
+        del data
         if isinstance(parsed, ParseFailure):
             return Failure(document.external_id, parsed.reason, parsed.detail)
         pieces = chunk_document(
@@ -419,6 +482,7 @@ class Pipeline:
             chunks=chunks,
             # Keyword vectors are cheap (Rust): made here, off the embedder's thread.
             keywords=[self.keywords.document(t) for t in texts],
+            chars=len(parsed.full_text),
         )
 
     # -- writer (calling thread) ---------------------------------------------------------
@@ -428,18 +492,41 @@ class Pipeline:
     ) -> None:
         if not batch:
             return
+        try:
+            self._write_documents(source, batch, store, report)
+        finally:
+            self._budget.release(sum(p.chars for p in batch))
+
+    def _write_documents(
+        self, source: str, batch: list[_Prepared], store: SyncStore, report: SyncReport
+    ) -> None:
         vectors = self.embedder.embed([t for p in batch for t in p.texts])
         row = 0
         now = time.time()
         for prepared in batch:
+            first_row = row
+            row += len(prepared.chunks)
             doc = prepared.document
+            # The store first (all or nothing, not yet committed): a document it refuses is
+            # a failure of that document, and the index is not touched for it.
+            try:
+                store.save_document(prepared.doc_id, doc, prepared.version, prepared.chunks)
+            except Exception as exc:
+                detail = _describe(exc, "storing it")
+                external_id, detail = _legible(doc.external_id), _legible(detail)
+                store.record_failure(external_id, "invalid_document", detail, None)
+                report.failed += 1
+                report.failures.append((external_id, "invalid_document", detail))
+                continue
             updated_at = doc.updated_at.timestamp() if doc.updated_at else now
             points = []
-            for chunk, keywords in zip(prepared.chunks, prepared.keywords, strict=True):
+            for offset, (chunk, keywords) in enumerate(
+                zip(prepared.chunks, prepared.keywords, strict=True)
+            ):
                 points.append(
                     IndexPoint(
                         id=chunk.id,
-                        vector=vectors[row].tolist(),
+                        vector=vectors[first_row + offset].tolist(),
                         sparse=keywords,
                         payload=ChunkPayload(
                             document_id=prepared.doc_id,
@@ -459,11 +546,9 @@ class Pipeline:
                         ),
                     )
                 )
-                row += 1
             if prepared.replaces:
                 self.index.delete_document(prepared.doc_id)
             self.index.upsert(points)
-            store.save_document(prepared.doc_id, doc, prepared.version, prepared.chunks)
             report.upserted += 1
             report.chunks_embedded += len(prepared.chunks)
         store.commit()
@@ -472,3 +557,69 @@ class Pipeline:
         self.index.delete_document(doc_id)
         store.mark_deleted(doc_id)
         report.deleted += 1
+
+
+class _Budget:
+    """Characters of parsed text in flight between the reader and the writer. The reader
+    waits while taking more would pass ``limit`` (unless nothing is in flight: one document
+    larger than the limit still passes, alone)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int, stop: threading.Event) -> None:
+        with self._cond:
+            while self.used and self.used + n > self.limit and not stop.is_set():
+                self._cond.wait(0.1)
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used = max(0, self.used - n)
+            self._cond.notify_all()
+
+
+def _describe(exc: BaseException, doing: str) -> str:
+    return f"{type(exc).__name__} while {doing}: {exc}"[:2000]
+
+
+def _legible(value: str) -> str:
+    """``value`` without NULs and lone surrogates (as ``\\udcff``): storable everywhere."""
+    value = value.replace("\x00", "\\x00")
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _bad_text(value: str) -> str | None:
+    if "\x00" in value:
+        return "a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a character UTF-8 cannot encode ({exc.reason}) at position {exc.start}"
+    return None
+
+
+def _unstorable(document: SourceDocument) -> str | None:
+    """Why the store or the index could not hold this document's fields, or ``None``. A
+    connector handing on undecodable names (surrogateescape) must not fail the sync."""
+    fields: list[tuple[str, str | None]] = [
+        ("title", document.title),
+        ("filename", document.filename),
+        ("url", document.url),
+        ("mime_type", document.mime_type),
+        ("author", document.author),
+        ("version", document.version),
+        ("content_hash", document.content_hash),
+    ]
+    for key, value in document.metadata.items():
+        fields += [("a metadata key", str(key)), (f"metadata {key!r}", str(value))]
+    for name, text in fields:
+        if text is not None and (problem := _bad_text(text)) is not None:
+            return f"its {name} has {problem}"
+    return None

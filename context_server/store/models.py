@@ -115,8 +115,12 @@ class SyncRun(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(20))  # running | completed | failed
+    status: Mapped[str] = mapped_column(String(20))  # running|completed|failed|interrupted
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # "host:pid:start-time" of the process running it, renewed heartbeat_at while it runs:
+    # a running run whose process is gone is marked interrupted (runtime start-up).
+    owner: Mapped[str | None] = mapped_column(String(300))
+    heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     counts: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     checkpoint: Mapped[dict[str, Any] | None]

@@ -44,6 +44,13 @@ class SqlSyncStore:
     def save_document(
         self, doc_id: str, document: SourceDocument, version: int, chunks: Sequence[PreparedChunk]
     ) -> None:
+        """In a savepoint: a row the database refuses leaves the session as it was."""
+        with self.session.begin_nested():
+            self._save_document(doc_id, document, version, chunks)
+
+    def _save_document(
+        self, doc_id: str, document: SourceDocument, version: int, chunks: Sequence[PreparedChunk]
+    ) -> None:
         row = self.session.get(Document, doc_id)
         if row is None:
             row = Document(id=doc_id, source_id=self.source_id, external_id=document.external_id)
@@ -79,6 +86,7 @@ class SqlSyncStore:
             )
             for c in chunks
         )
+        self.session.flush()
 
     def save_acl(self, doc_id: str, acl: Acl) -> None:
         row = self.session.get(Document, doc_id)
@@ -92,19 +100,23 @@ class SqlSyncStore:
             self.session.execute(delete(Chunk).where(Chunk.document_id == doc_id))
 
     def known_failures(self) -> dict[str, KnownFailure]:
-        """Failures of the source's previous run that recorded the failed content's hash."""
-        previous = self.session.scalar(
-            select(SyncRun.id)
-            .where(SyncRun.source_id == self.source_id, SyncRun.id != self.run.id)
-            .order_by(SyncRun.id.desc())
-            .limit(1)
+        """Failures that recorded the failed content's hash, from the source's last completed
+        run and every run after it (an interrupted or failed run recorded some failures the
+        completed one before it did not have: a bomb that killed a sync stays known); the
+        latest failure of a document wins. A completed run re-records every known failure
+        it met, so nothing older is needed."""
+        runs = select(SyncRun.id).where(
+            SyncRun.source_id == self.source_id, SyncRun.id != self.run.id
         )
-        if previous is None:
-            return {}
+        last_completed = self.session.scalar(
+            runs.where(SyncRun.status == "completed").order_by(SyncRun.id.desc()).limit(1)
+        )
+        if last_completed is not None:
+            runs = runs.where(SyncRun.id >= last_completed)
         rows = self.session.scalars(
-            select(SyncFailure).where(
-                SyncFailure.run_id == previous, SyncFailure.content_hash.is_not(None)
-            )
+            select(SyncFailure)
+            .where(SyncFailure.run_id.in_(runs), SyncFailure.content_hash.is_not(None))
+            .order_by(SyncFailure.run_id, SyncFailure.id)
         )
         return {f.external_id: KnownFailure(f.content_hash or "", f.reason, f.detail) for f in rows}
 

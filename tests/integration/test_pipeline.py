@@ -232,16 +232,29 @@ def test_a_failed_document_is_not_parsed_again_until_it_changes(
 ) -> None:
     (share / "handbook" / "broken.docx").write_bytes(b"this is not a zip file at all")
     runtime.sync("drive")
-    import indexing.pipeline as pipeline
+    import indexing.isolate as isolate
 
     parsed: list[str] = []
-    real = pipeline.parse
-    monkeypatch.setattr(
-        pipeline, "parse", lambda data, **kw: parsed.append(kw["filename"]) or real(data, **kw)
-    )
+    real = isolate.make_parser
+
+    class Counting:
+        """Records what the runtime's parser (the child process) is asked to parse."""
+
+        def __init__(self, config: isolate.ParserConfig) -> None:
+            self.inner = real(config)
+
+        def parse(self, data: bytes, *, filename: str, mime_type: str | None) -> object:
+            parsed.append(filename)
+            return self.inner.parse(data, filename=filename, mime_type=mime_type)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    runtime.parsers.close()  # its idle parser: the next sync leases a counting one
+    monkeypatch.setattr(isolate, "make_parser", Counting)
     (run,) = runtime.sync("drive")
     assert [f[:2] for f in run.report.failures] == [("handbook/broken.docx", "corrupt")]
-    assert parsed == []
+    assert parsed == [] and run.report.known_failures == 1
     write(share, "handbook/broken.docx", "still not a zip file, but different")
     (run,) = runtime.sync("drive")
     assert parsed == ["broken.docx"] and run.report.failed == 1

@@ -157,7 +157,7 @@ def test_broken_documents_are_corrupt(data: bytes, filename: str) -> None:
     ("data", "filename"),
     [
         (b"{\\rtf1\\ansi Hello}", "a.rtf"),
-        (b"PK\x03\x04" + bytes(100), "archive.zip"),
+        (b"PK\x05\x06" + bytes(18), "archive.zip"),  # a readable (empty) zip; garbage is corrupt
         (b"\x89PNG\r\n\x1a\n" + bytes(100), "image.png"),
     ],
 )
