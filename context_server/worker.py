@@ -51,7 +51,13 @@ from context_server.store.models import (
     Source,
     as_utc,
 )
-from context_server.workflow import EventTrigger, ScheduleTrigger, TemplateFailure, render
+from context_server.workflow import (
+    EventTrigger,
+    ScheduleTrigger,
+    TemplateFailure,
+    TemplateLimits,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +136,12 @@ class Worker:
         self.clock = clock
         self.queue = RunQueue(runtime.sessions, clock)
         self.desk = ReviewDesk(runtime, clock)
+        settings = runtime.settings
+        self.template_limits = TemplateLimits(
+            max_chars=settings.template_max_chars,
+            timeout_seconds=settings.template_timeout_seconds,
+            max_iterations=settings.template_max_iterations,
+        )
 
     # -- loops ----------------------------------------------------------------------------
 
@@ -211,7 +223,7 @@ class Worker:
             variables: dict[str, Any] = {"input": snap["input"], "trigger": snap["trigger"]}
             if snap["trigger"].get("document"):
                 variables["document"] = snap["trigger"]["document"]
-            query = render(spec.context.query, variables)
+            query = render(spec.context.query, variables, limits=self.template_limits)
             if not query:
                 raise SpecError(f"the query template {spec.context.query!r} rendered empty")
             bundle = self.context(spec.name, snap["user"], query, spec.context.budget_tokens)
