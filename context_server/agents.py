@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from connectors import safe_yaml
 from connectors.base import check_principal
 from context_server.durations import parse_duration
 from context_server.errors import NotFoundError, SpecError
@@ -198,38 +197,37 @@ class InvalidAgentFile:
         return {"path": str(self.path), "error": self.error}
 
 
-class _Yaml(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans,
-    which would turn an event trigger's ``on: [created]`` key into ``True``."""
+#: Limits of one agent file (connectors.safe_yaml): far above any real agent, far below
+#: what would stall the catalog, which (re)reads files on the request path.
+AGENT_FILE_MAX_BYTES = 256 * 1024
+AGENT_FILE_MAX_NODES = 20_000
 
 
-_Yaml.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Yaml.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
-
-
-def parse_agent_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Yaml)
+def parse_agent_yaml(text: str | bytes, what: str = "agent file") -> Any:
+    """An agent file's YAML, bounded; YAML 1.2 booleans (only true/false), because YAML 1.1
+    also reads on/off/yes/no as booleans, which would turn an event trigger's
+    ``on: [created]`` key into ``True``."""
+    return safe_yaml.load(
+        text,
+        what=what,
+        max_bytes=AGENT_FILE_MAX_BYTES,
+        max_nodes=AGENT_FILE_MAX_NODES,
+        yaml12_bools=True,
+    )
 
 
 def load_agent_file(path: Path) -> Agent:
-    """Read and validate one agent file; ``SpecError`` says what is wrong and where."""
+    """Read and validate one agent file; ``SpecError`` says what is wrong and where. A file
+    past the YAML limits costs one bounded read and parse, never more."""
     try:
-        raw = path.read_bytes()
+        raw = safe_yaml.read_bounded(path, AGENT_FILE_MAX_BYTES)
+        data = parse_agent_yaml(raw, str(path))
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc}") from exc
-    try:
-        data = parse_agent_yaml(raw.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    except safe_yaml.YamlError as exc:
+        raise SpecError(str(exc)) from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping at the top level")
     try:

@@ -13,16 +13,28 @@ markdown). A harness never ships anything: the runner turns the result into a re
 
 Errors are ``HarnessError``; ``retryable`` says whether the runner should try the run again
 (a timeout, a 5xx, a refused connection) or fail it at once (a bad answer, a bad config).
+
+A command harness never outlives its attempt: it runs in its own process group, which is
+killed on every way out of ``run_command`` (success included: a background process it left
+behind dies too); on Linux it also gets ``PR_SET_PDEATHSIG`` = SIGKILL, so a worker killed
+with ``kill -9`` takes the command with it. What the command started itself is in the same
+group but not covered by the death signal: the worker records the group (``on_start``) and
+whoever takes the run over on the same machine kills it first (``kill_group``). A process
+that leaves the group (``setsid``) escapes all of this.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +44,7 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
 import httpx
+import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.errors import ConfigError, SourceError
@@ -132,6 +145,9 @@ class HarnessResult:
 
 #: Called now and then during a long run; ``True`` means stop (the run was cancelled).
 Cancelled = Callable[[], bool]
+#: Told a command harness's process once it runs (``ProcessRecord.to_json()``); raising
+#: ``HarnessError`` there kills it at once (the attempt lost its run meanwhile).
+OnStart = Callable[[dict[str, Any]], None]
 
 
 def run_harness(
@@ -140,12 +156,13 @@ def run_harness(
     *,
     cancelled: Cancelled = lambda: False,
     base_dir: str | None = None,
+    on_start: OnStart | None = None,
 ) -> HarnessResult:
     """Produce the artifact for ``task`` with ``spec``; ``HarnessError`` when it cannot."""
     if isinstance(spec, ExtractiveHarness):
         return extractive(spec, task)
     if isinstance(spec, CommandHarness):
-        return run_command(spec, task, cancelled=cancelled, base_dir=base_dir)
+        return run_command(spec, task, cancelled=cancelled, base_dir=base_dir, on_start=on_start)
     return run_openai(spec, task, cancelled=cancelled)
 
 
@@ -192,10 +209,16 @@ _QUOTE_CHARS = 500
 
 
 def run_command(
-    spec: CommandHarness, task: HarnessTask, *, cancelled: Cancelled, base_dir: str | None
+    spec: CommandHarness,
+    task: HarnessTask,
+    *,
+    cancelled: Cancelled,
+    base_dir: str | None,
+    on_start: OnStart | None = None,
 ) -> HarnessResult:
     """Run ``spec.command``: task JSON on stdin, ``{"content": ..., "title"?: ...}`` JSON on
-    stdout; killed at ``spec.timeout`` or when ``cancelled()``."""
+    stdout; killed at ``spec.timeout`` or when ``cancelled()``, and its process group
+    killed whichever way this returns."""
     timeout = _timeout(spec.timeout)
     cwd = _command_cwd(spec.cwd, base_dir)
     env = dict(os.environ)
@@ -218,9 +241,16 @@ def run_command(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, so a kill reaches its children
+            preexec_fn=_die_with_parent(),
         )
     except OSError as exc:
         raise HarnessError(f"cannot start {program!r} (in {cwd or os.getcwd()}): {exc}") from exc
+    try:
+        if on_start is not None:
+            on_start(ProcessRecord.of(proc.pid).to_json())
+    except BaseException:
+        _kill_group(proc)
+        raise
     stdin = _Writer(proc.stdin, stdin_data)
     stdout = _Reader(proc.stdout, MAX_STDOUT_BYTES)
     stderr = _Reader(proc.stderr, 64 * 1024, tail=True)
@@ -246,8 +276,8 @@ def run_command(
                 )
             _wait_a_little(proc, stdout, stderr)
     finally:
-        if proc.returncode is None or stdout.is_alive() or stderr.is_alive():
-            _kill_group(proc)
+        # Always: also when it exited, whatever it left running in its group goes too.
+        _kill_group(proc)
         for thread in (stdin, stdout, stderr):
             thread.join(timeout=5)
     seconds = round(time.monotonic() - started, 3)
@@ -376,11 +406,151 @@ def _wait_a_little(proc: subprocess.Popen[bytes], *threads: threading.Thread) ->
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the command and everything it started (its session's process group)."""
+    """SIGKILL the command and everything it started (its session's process group). The
+    group's number cannot be reused while any member lives, so this reaches only ours."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Any:
+    """libc's ``prctl``, resolved here in the parent (never after fork), or ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL = _prctl()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """For ``preexec_fn``: in the child, before exec, ask for SIGKILL when the parent dies
+    (``PR_SET_PDEATHSIG``), and die now if it already did (the race between fork and the
+    prctl). Linux only; elsewhere ``None`` (the group kill on takeover still applies).
+
+    "The parent" is the thread that forked: the worker's thread, which lives as long as
+    the worker does."""
+    if _PRCTL is None:
+        return None
+    prctl, parent = _PRCTL, os.getpid()
+
+    def setup() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return setup
+
+
+# -- processes, across attempts ------------------------------------------------------------
+
+
+def machine_id() -> str:
+    """Which machine and PID namespace a pid means something in: the host name, the boot
+    (a pid from before a reboot means nothing) and the PID namespace (a container)."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return ":".join(parts)
+
+
+def started_at(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or ``None`` if there is none:
+    with the pid, it names one process, not whichever got the number next."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A process as another process on the same machine can find it again."""
+
+    machine: str
+    pid: int
+    started: float | None
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRecord:
+        return cls(machine_id(), pid, started_at(pid))
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProcessRecord | None:
+        if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
+            return None
+        started = data.get("started")
+        return cls(
+            str(data.get("machine", "")),
+            int(data["pid"]),
+            float(started) if isinstance(started, int | float) else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"machine": self.machine, "pid": self.pid, "started": self.started}
+
+    @property
+    def here(self) -> bool:
+        return self.machine == machine_id()
+
+    def alive(self) -> bool:
+        """Whether this very process still runs (only answerable ``here``)."""
+        now = started_at(self.pid)
+        if now is None:
+            return False
+        return self.started is None or abs(now - self.started) < 0.05
+
+
+def kill_group(record: ProcessRecord, *, wait: float = 5.0) -> bool:
+    """SIGKILL the process group that ``record``'s process leads (a command harness's),
+    and wait until no process of it is left; whether one was killed. Refuses (``False``)
+    on another machine, and when the leader's number now belongs to another process (the
+    group is gone: a live group keeps its number from being reused)."""
+    if not record.here:
+        return False
+    leader_now = started_at(record.pid)
+    reused = (
+        leader_now is not None
+        and record.started is not None
+        and abs(leader_now - record.started) >= 0.05
+    )
+    if reused:
+        return False  # the number now names an unrelated process
+    try:
+        os.killpg(record.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        try:
+            os.killpg(record.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            break
+        if not _group_has_living(record.pid):
+            break  # only zombies left, for their parents to reap
+        time.sleep(0.02)
+    return True
+
+
+def _group_has_living(pgid: int) -> bool:
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False
 
 
 # -- openai --------------------------------------------------------------------------------

@@ -126,6 +126,26 @@ class Settings(BaseSettings):
         "`context-server worker` processes run them).",
     )
 
+    template_max_chars: int = Field(
+        default=100_000,
+        ge=100,
+        le=10_000_000,
+        description="Longest output of an agent's query template, and longest string or "
+        "list it may build; past it the run fails (a template error, not retried).",
+    )
+    template_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=600,
+        description="Longest time one template rendering may take; past it the run fails.",
+    )
+    template_max_iterations: int = Field(
+        default=1_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Most `for` loop iterations (all loops together) one rendering may do.",
+    )
+
     session_secret: SecretStr | None = Field(
         default=None,
         description="Key signing the web pages' session cookies. Unset: a random key per "

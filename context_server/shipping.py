@@ -9,9 +9,11 @@ header, and a comment carries the key so the connector finds it instead of posti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +96,10 @@ def _to_file(order: ShipOrder) -> dict[str, Any]:
     final = folder / name
     data = order.content.encode("utf-8")
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".shipping-", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
+    except OSError as exc:
+        raise ShipError(f"cannot write into {folder}: {exc}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -112,9 +117,31 @@ def _to_file(order: ShipOrder) -> dict[str, Any]:
             already = True
     except OSError as exc:
         raise ShipError(f"cannot write {final}: {exc}") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    finally:  # on every way out, a failure included: no temporary file stays behind
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
     return {"kind": "file", "path": str(final), "sha256": digest, "already_shipped": already}
+
+
+#: Temporary files of file shipping; one older than ``DEBRIS_SECONDS`` is a crashed
+#: writer's (a write takes milliseconds), never one being written.
+TMP_PREFIX = ".shipping-"
+TMP_SUFFIX = ".tmp"
+DEBRIS_SECONDS = 60.0
+
+
+def clean_shipping_debris(folder: Path, older_than: float = DEBRIS_SECONDS) -> list[Path]:
+    """Remove ``.shipping-*.tmp`` files older than ``older_than`` seconds from ``folder``
+    (a shipper killed between writing and linking leaves one); the files removed."""
+    removed = []
+    cutoff = time.time() - older_than
+    with contextlib.suppress(OSError):
+        for path in folder.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def _to_webhook(order: ShipOrder) -> dict[str, Any]:

@@ -15,6 +15,22 @@ refused permission, a bad template, a harness that says so).
 Besides runs, each pass of a worker does the queue's housekeeping: it enqueues scheduled
 agents whose slot came, expires overdue reviews, and ships approved reviews nobody shipped
 (a crash between approval and shipping, or between shipping and recording it).
+
+Crash debris. Each attempt records on its run (``attempt_process``) which worker process
+runs it and, once started, its command harness's process group. A command harness dies
+with its worker (harness.py: death signal, group kill on every way out); what it started
+itself is killed by whoever comes next on the same machine: a worker taking a run over
+kills the previous attempt's group before its own attempt starts, so two harnesses of one
+run never overlap there. At start-up a worker also looks at running runs whose worker ran
+on this machine and is gone (its pid is not there, or is another process now): it kills
+their harness groups and expires their leases at once instead of waiting for the lease to
+run out, and it removes stale ``.shipping-*.tmp`` files from the outboxes it knows.
+
+Limits: a worker on another machine cannot be told dead or have its harness killed from
+here; there, the lease expiry and that machine's death signal do the work (what the
+harness started itself may run on until its own end). A worker paused between starting
+its harness and recording it, whose run is meanwhile taken over, overlaps until it
+resumes and finds its lease lost.
 """
 
 from __future__ import annotations
@@ -27,20 +43,28 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from croniter import croniter
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 
 from connectors.errors import ConnectorError
 from context_server.agents import Agent
 from context_server.durations import parse_duration
 from context_server.errors import ForbiddenError, NotFoundError, SpecError
-from context_server.harness import HarnessError, HarnessTask, run_harness
+from context_server.harness import (
+    HarnessError,
+    HarnessTask,
+    ProcessRecord,
+    kill_group,
+    run_harness,
+)
 from context_server.keys import Caller
 from context_server.review import ReviewDesk, new_review_id
 from context_server.routing import ContextRouter
 from context_server.runs import RunQueue
+from context_server.shipping import clean_shipping_debris
 from context_server.store.models import (
     AgentCursor,
     AgentRun,
@@ -51,7 +75,14 @@ from context_server.store.models import (
     Source,
     as_utc,
 )
-from context_server.workflow import EventTrigger, ScheduleTrigger, TemplateFailure, render
+from context_server.workflow import (
+    EventTrigger,
+    FileShip,
+    ScheduleTrigger,
+    TemplateFailure,
+    TemplateLimits,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +91,10 @@ ContextFn = Callable[[str, str, str, int | None], dict[str, Any]]
 
 #: Errors that another attempt cannot fix.
 PERMANENT = (ForbiddenError, NotFoundError, SpecError, TemplateFailure)
+
+#: Ids of the workers alive in this process: ``serve`` runs several under one pid, so a
+#: pid that is ours says nothing about which of them is alive.
+_LIVE_WORKERS: set[str] = set()
 
 
 def _now() -> datetime:
@@ -130,17 +165,107 @@ class Worker:
         self.clock = clock
         self.queue = RunQueue(runtime.sessions, clock)
         self.desk = ReviewDesk(runtime, clock)
+        self.process_record = ProcessRecord.of(os.getpid())
+        self._started_up = False
+        _LIVE_WORKERS.add(self.id)
+        settings = runtime.settings
+        self.template_limits = TemplateLimits(
+            max_chars=settings.template_max_chars,
+            timeout_seconds=settings.template_timeout_seconds,
+            max_iterations=settings.template_max_iterations,
+        )
 
     # -- loops ----------------------------------------------------------------------------
 
     def step(self) -> bool:
         """Housekeeping, then one run if any is claimable; whether there was one."""
+        self.start_up()
         self.housekeeping()
         run_id = self.queue.claim(self.id, self.lease)
         if run_id is None:
             return False
         self.process(run_id)
         return True
+
+    def start_up(self) -> None:
+        """Once, before this worker's first run: clear what crashed workers left behind."""
+        if self._started_up:
+            return
+        self._started_up = True
+        for step in (self.recover_interrupted, self.clean_outboxes):
+            try:
+                step()
+            except Exception as exc:  # debris is not worth refusing to work over
+                log.warning("worker start-up (%s) failed: %s", step.__name__, exc)
+
+    def recover_interrupted(self) -> list[str]:
+        """Runs still ``running`` for a worker of this machine that is gone: kill their
+        harness groups and expire their leases now, so the next claim takes them over (as
+        their next attempt, or failing them when none is left). The run ids."""
+        with self.runtime.sessions() as session:
+            rows = session.execute(
+                select(AgentRun.id, AgentRun.lease_owner, AgentRun.attempt_process).where(
+                    AgentRun.state == "running"
+                )
+            ).all()
+        recovered = []
+        for run_id, owner, process in rows:
+            if not isinstance(process, dict) or process.get("worker") != owner:
+                continue  # no record of this attempt's process (or an older attempt's)
+            worker = ProcessRecord.from_json(process.get("worker_process"))
+            if worker is None or not worker.here or self._alive(str(owner), worker):
+                continue
+            harness = ProcessRecord.from_json(process.get("harness"))
+            if harness is not None and kill_group(harness):
+                log.warning("run %s: killed the harness its dead worker %s left", run_id, owner)
+            now = self.clock()
+            with self.runtime.sessions() as session:
+                run = self.queue.held(session, run_id, str(owner))
+                if run is None:
+                    continue
+                run.lease_expires_at = now - timedelta(microseconds=1)
+                run.history = [
+                    *run.history,
+                    {
+                        "attempt": run.attempts,
+                        "worker": owner,
+                        "outcome": "worker_died",
+                        "noticed_by": self.id,
+                        "at": now.isoformat(),
+                    },
+                ]
+                session.commit()
+            log.warning(
+                "run %s: its worker %s is gone; released for the next attempt", run_id, owner
+            )
+            recovered.append(str(run_id))
+        return recovered
+
+    @staticmethod
+    def _alive(worker_id: str, record: ProcessRecord) -> bool:
+        if record.pid == os.getpid() and record.alive():
+            return worker_id in _LIVE_WORKERS
+        return record.alive()
+
+    def clean_outboxes(self) -> list[Path]:
+        """Remove stale ``.shipping-*.tmp`` files (a shipper killed mid-write) from the
+        folders file shipping writes to: the agents' and the unshipped reviews'."""
+        folders: set[Path] = set()
+        agents, _ = self.runtime.agents.scan()
+        for agent in agents:
+            if isinstance(agent.spec.ship, FileShip):
+                folders.add((agent.path.parent / agent.spec.ship.dir).resolve())
+        with self.runtime.sessions() as session:
+            ships = session.scalars(
+                select(Review.ship).where(Review.state.in_(("approved", "shipping", "ship_failed")))
+            ).all()
+        for ship in ships:
+            if isinstance(ship, dict) and ship.get("kind") == "file" and ship.get("dir"):
+                folders.add(Path(str(ship["dir"])))
+        removed = []
+        for folder in sorted(folders):
+            removed += clean_shipping_debris(folder)
+        return removed
 
     def housekeeping(self) -> None:
         for step in (self.enqueue_scheduled, self.desk.expire_due, self.desk.ship_pending):
@@ -188,6 +313,10 @@ class Worker:
                 "trigger": dict(run.trigger),
                 "user": run.on_behalf_of,
             }
+            previous = run.attempt_process
+        self._stop_previous(run_id, previous)
+        if not self._record(run_id, None):
+            return None  # lost already
         try:
             agent = self.runtime.agents.get(snapshot["agent"])
             timeout = parse_duration(agent.spec.timeout)
@@ -200,6 +329,49 @@ class Worker:
         finally:
             beat.stop()
 
+    def _stop_previous(self, run_id: str, previous: Any) -> None:
+        """Make sure the previous attempt's command harness no longer runs before this
+        attempt starts: kill its group if it ran on this machine."""
+        if not isinstance(previous, dict):
+            return
+        harness = ProcessRecord.from_json(previous.get("harness"))
+        if harness is None:
+            return
+        if not harness.here:
+            log.info(
+                "run %s: the previous attempt's harness ran on another machine (%s); its "
+                "worker's lease expired, so it was stopped there or dies with that worker",
+                run_id,
+                harness.machine,
+            )
+            return
+        if kill_group(harness):
+            log.warning(
+                "run %s: killed the previous attempt's harness (pid %s)", run_id, harness.pid
+            )
+
+    def _record(self, run_id: str, harness: dict[str, Any] | None) -> bool:
+        """Note on the run which process runs this attempt (and its harness); ``False``
+        when this worker no longer holds the run."""
+        process = {
+            "worker": self.id,
+            "worker_process": self.process_record.to_json(),
+            "harness": harness,
+        }
+        with self.runtime.sessions() as session:
+            done: CursorResult[Any] = session.execute(
+                update(AgentRun)
+                .where(
+                    AgentRun.id == run_id,
+                    AgentRun.lease_owner == self.id,
+                    AgentRun.state == "running",
+                )
+                .values(attempt_process=process)
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+        return done.rowcount == 1
+
     def _attempt(
         self, run_id: str, agent: Agent, snap: dict[str, Any], beat: _Heartbeat
     ) -> str | None:
@@ -211,7 +383,7 @@ class Worker:
             variables: dict[str, Any] = {"input": snap["input"], "trigger": snap["trigger"]}
             if snap["trigger"].get("document"):
                 variables["document"] = snap["trigger"]["document"]
-            query = render(spec.context.query, variables)
+            query = render(spec.context.query, variables, limits=self.template_limits)
             if not query:
                 raise SpecError(f"the query template {spec.context.query!r} rendered empty")
             bundle = self.context(spec.name, snap["user"], query, spec.context.budget_tokens)
@@ -225,8 +397,17 @@ class Worker:
                 context=bundle,
                 review_comments=list(snap["input"].get("review_comments", [])),
             )
+
+            def record_harness(harness: dict[str, Any]) -> None:
+                if not self._record(run_id, harness):
+                    raise HarnessError("the run was taken over as its harness started")
+
             result = run_harness(
-                spec.harness, task, cancelled=beat.stopping, base_dir=str(agent.path.parent)
+                spec.harness,
+                task,
+                cancelled=beat.stopping,
+                base_dir=str(agent.path.parent),
+                on_start=record_harness,
             )
         except Exception as exc:
             if beat.reason == "lost":

@@ -12,7 +12,7 @@ absolute URLs by the same rule; a link to another file (an image) keeps its exte
 link that climbs out of the root is refused: it keeps its text and loses its target. Links
 inside fenced code blocks and code spans are left alone.
 
-Imports: stdlib and pyyaml.
+Imports: stdlib and connectors.safe_yaml (pyyaml, bounded).
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from urllib.parse import quote, unquote
 
-import yaml
+from connectors import safe_yaml
 
 PAGE_SUFFIXES = (".md", ".markdown")
+#: Limits of a page's front matter (connectors.safe_yaml): a few keys, not a data file.
+FRONT_MATTER_MAX_BYTES = 64 * 1024
+FRONT_MATTER_MAX_NODES = 5_000
 
 _FRONT_MATTER_END = ("---", "...")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
@@ -111,9 +114,14 @@ def split_front_matter(text: str) -> tuple[dict[str, object], str]:
         if lines[i].rstrip() in _FRONT_MATTER_END:
             block = "\n".join(lines[1:i])
             try:
-                data = yaml.safe_load(block)
-            except yaml.YAMLError as exc:
-                raise PageError(f"front matter is not valid YAML: {exc}") from None
+                data = safe_yaml.load(
+                    block,
+                    what="front matter",
+                    max_bytes=FRONT_MATTER_MAX_BYTES,
+                    max_nodes=FRONT_MATTER_MAX_NODES,
+                )
+            except safe_yaml.YamlError as exc:
+                raise PageError(str(exc)) from None
             if data is None:
                 data = {}
             if not isinstance(data, dict):

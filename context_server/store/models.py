@@ -306,6 +306,9 @@ class AgentRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # one entry per attempt: worker, started, finished, outcome, error
     history: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    # the current (or last) attempt's worker and command harness processes, so a worker on
+    # the same machine can tell the worker died and kill the harness (context_server/worker.py)
+    attempt_process: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -1,0 +1,32 @@
+"""agent_runs.attempt_process: where an attempt's worker and command harness run
+
+Revision ID: 0007
+Revises: 0004 (on this branch; the lead chains it after 0006)
+Create Date: 2026-12-01 10:00:00.000000
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision: str = "0007"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column(
+        "agent_runs",
+        sa.Column(
+            "attempt_process",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=True,
+        ),
+    )
+
+
+def downgrade() -> None:
+    op.drop_column("agent_runs", "attempt_process")
