@@ -1,7 +1,7 @@
 """agent_runs.attempt_process: where an attempt's worker and command harness run
 
 Revision ID: 0007
-Revises: 0004 (on this branch; the lead chains it after 0006)
+Revises: 0006 (on this branch; the lead chains it after 0006)
 Create Date: 2026-12-01 10:00:00.000000
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0007"
-down_revision: str | None = "0004"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
