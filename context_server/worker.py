@@ -63,7 +63,7 @@ from context_server.harness import (
 from context_server.keys import Caller
 from context_server.review import ReviewDesk, new_review_id
 from context_server.routing import ContextRouter
-from context_server.runs import RunQueue
+from context_server.runs import RunQueue, readable_target
 from context_server.shipping import clean_shipping_debris
 from context_server.store.models import (
     AgentCursor,
@@ -380,6 +380,11 @@ class Worker:
         try:
             if spec.harness is None or spec.review is None:
                 raise SpecError(f"agent {spec.name!r} no longer has a harness and review")
+            target = snap["input"].get("document_id")
+            if target is not None:  # checked again now: its ACL may have changed since
+                me = Caller(kind="agent", subject=spec.name)
+                scope = ContextRouter(self.runtime).scope(me, spec.name, snap["user"])
+                readable_target(self.runtime, scope, str(target))
             variables: dict[str, Any] = {"input": snap["input"], "trigger": snap["trigger"]}
             if snap["trigger"].get("document"):
                 variables["document"] = snap["trigger"]["document"]

@@ -88,6 +88,7 @@ class Org:
     settings: Settings
     secret_id: str
     secret_url: str
+    share: Path
 
     def key(self, **body: str) -> dict[str, str]:
         r = self.client.post("/v1/keys", json=body, headers=ADMIN)
@@ -128,7 +129,7 @@ def org(tmp_path: Path, database_url: str) -> Iterator[Org]:
         seed(client, ADMIN, principals=PRINCIPALS, share=share, rules=RULES)
         secret_id = document_id("drive", SECRET_PATH)
         url = (share / SECRET_PATH).resolve().as_uri()
-        yield Org(client, runtime, settings, secret_id, url)
+        yield Org(client, runtime, settings, secret_id, url, share)
     runtime.close()
 
 
@@ -296,3 +297,27 @@ def test_mcp_get_review_shows_an_agent_only_what_it_may_read_now(org: Org) -> No
         after = get_review(url)
     assert after["state"] == "pending" and after["content"] is None
     assert not leaks(org, after), leaks(org, after)
+
+
+def test_a_queued_run_whose_target_became_unreadable_fails_at_once(org: Org) -> None:
+    zoe = org.key(user="user:zoe")
+    readable = document_id("drive", "handbook/leave.md")
+    body = {"input": {"question": "q", "document_id": readable}}
+    r = org.client.post("/v1/agents/answerer/runs", json=body, headers=zoe)
+    assert r.status_code == 200, r.text
+    run_id = r.json()["run_id"]
+    # the handbook becomes leads-only before a worker takes the run
+    rules = [{"glob": "handbook/**", "allow": ["group:leads"]}, *RULES]
+    source = {
+        "name": "drive",
+        "kind": "filesystem",
+        "config": {"root": str(org.share), "acl_rules": rules},
+    }
+    assert org.client.post("/v1/sources", json=source, headers=ADMIN).status_code == 200
+    assert org.client.post("/v1/sync", json={"source": "drive"}, headers=ADMIN).status_code == 200
+    Worker(org.runtime, poll=0.05).until_idle()
+    run = org.client.get(f"/v1/runs/{run_id}", headers=ADMIN).json()
+    assert run["state"] == "failed" and run["attempts"] == 1, run
+    assert "readable" in run["error"]
+    listing = org.client.get("/v1/reviews", headers=ADMIN).json()["reviews"]
+    assert not [r for r in listing if r["run_id"] == run_id]

@@ -1,7 +1,7 @@
 """agent_runs.attempt_process: where an attempt's worker and command harness run
 
 Revision ID: 0007
-Revises: 0006 (on this branch; the lead chains it after 0006)
+Revises: 0006
 Create Date: 2026-12-01 10:00:00.000000
 """
 
