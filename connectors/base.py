@@ -98,6 +98,26 @@ class Acl(BaseModel):
             deny=tuple(deny),
         )
 
+    def intersect(self, other: Acl) -> Acl:
+        """An ACL never wider than either: who both grant, and who either denies.
+
+        For a document reached in two ways (a link and its target, two hard links, an ACL
+        rule and a page's own ``access`` list). A public side grants whoever the other side
+        does; otherwise only principals both name remain, exactly (groups are not expanded,
+        so the result may be narrower than the true intersection, never wider). ``deny`` is
+        the union.
+        """
+        deny = (*self.deny, *other.deny)
+        if self.public != other.public:
+            narrower = other if self.public else self
+            return Acl(users=narrower.users, groups=narrower.groups, deny=deny)
+        return Acl(
+            users=tuple(set(self.users) & set(other.users)),
+            groups=tuple(set(self.groups) & set(other.groups)),
+            public=self.public and other.public,
+            deny=deny,
+        )
+
     def allow_tokens(self) -> list[str]:
         """Principals that grant access, as stored in the index (``PUBLIC`` when public)."""
         tokens = [*self.users, *self.groups]
