@@ -34,7 +34,7 @@ ODD += [".", "*", "?", "[", "]", "!", "-", " ", "\udcff", "\udc80", "é", "\U000
 #: One character of a name as Python sees it from os.scandir (surrogate-escaped bytes).
 name_char = st.one_of(
     st.sampled_from(ODD),
-    st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
+    st.characters(blacklist_characters="/\x00", blacklist_categories=["Cs"]),
     st.integers(0x80, 0xFF).map(lambda b: os.fsdecode(bytes([b]))),
 )
 name_text = st.lists(name_char, min_size=1, max_size=12).map("".join)
@@ -137,7 +137,9 @@ def _assert_utf8(doc: SourceDocument) -> None:
 
 
 @given(names=st.lists(name_bytes, min_size=1, max_size=6, unique=True))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_a_rule_decides_every_name_on_disk(names: list[bytes], scratch: Any) -> None:
     with scratch() as tmp:
         root = Path(tmp)
@@ -171,7 +173,9 @@ def test_a_rule_decides_every_name_on_disk(names: list[bytes], scratch: Any) -> 
 
 
 @given(names=st.lists(name_bytes, min_size=1, max_size=5, unique=True))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_wiki_globs_take_every_name(names: list[bytes], scratch: Any) -> None:
     with scratch() as tmp:
         base = os.fsencode(tmp)
@@ -268,7 +272,9 @@ def test_a_non_utf8_name_does_not_stop_the_source(tmp_path: Path) -> None:
     rt = Runtime(Settings(home=tmp_path / "home"), embedder=FakeHashEmbedder())
     try:
         rt.load_principals(
-            PrincipalsSpec(groups={"everyone": ["user:carol", "user:alice"], "finance": ["user:alice"]})
+            PrincipalsSpec(
+                groups={"everyone": ["user:carol", "user:alice"], "finance": ["user:alice"]}
+            )
         )
         spec = {"root": str(share), "acl_rules": rules}
         rt.add_source(SourceSpec(name="drive", kind="filesystem", config=spec))
