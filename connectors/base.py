@@ -200,6 +200,25 @@ class Failure:
 
 Change = Upsert | Delete | Failure
 
+#: What reading one item the source sent in an unexpected shape raises (a missing key, a
+#: string where an object was expected, a bad date or principal, a converter choking on
+#: odd markup). A connector catches these around each item and yields :func:`malformed`:
+#: one bad item is a failure, never a failed sync. Connector errors (``SourceError``,
+#: ``CredentialError``) are none of these and still stop the sync.
+MALFORMED_ITEM: tuple[type[Exception], ...] = (
+    LookupError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    RecursionError,
+)
+
+
+def malformed(external_id: str, exc: BaseException, what: str = "") -> Failure:
+    """The ``malformed`` failure for one item whose data raised ``exc``."""
+    prefix = f"{what}: " if what else ""
+    return Failure(external_id, "malformed", f"{prefix}{type(exc).__name__}: {exc}"[:2000])
+
 
 def covered_by(failed_id: str, known: Iterable[str]) -> list[str]:
     """The ids among ``known`` that a failure of ``failed_id`` keeps from being taken for
