@@ -30,6 +30,7 @@ from typing import ClassVar
 from pydantic import BaseModel, Field
 
 from connectors.base import (
+    MALFORMED_ITEM,
     Acl,
     Change,
     Checkpoint,
@@ -40,6 +41,7 @@ from connectors.base import (
     Upsert,
     check_principal,
     covered_by,
+    malformed,
 )
 from connectors.errors import ConfigError
 from connectors.globs import glob_match
@@ -216,11 +218,15 @@ class MarkdownWikiConnector:
             else:
                 try:
                     page = self._read(entry)
-                except (OSError, PageError) as exc:
+                except OSError as exc:
                     if known:
                         pages[doc_id] = known
-                    reason = "malformed" if isinstance(exc, PageError) else "unreadable"
-                    yield Failure(doc_id, reason, escape_name(f"{type(exc).__name__}: {exc}"))
+                    yield Failure(doc_id, "unreadable", escape_name(f"{type(exc).__name__}: {exc}"))
+                    continue
+                except MALFORMED_ITEM as exc:  # PageError, or odd front matter a step missed
+                    if known:
+                        pages[doc_id] = known
+                    yield malformed(doc_id, exc)
                     continue
                 state = PageState(
                     mtime_ns=st.st_mtime_ns,
@@ -252,7 +258,9 @@ class MarkdownWikiConnector:
                 continue
             try:
                 page = self._read(entry)
-            except (OSError, PageError):
+            except OSError:
+                continue
+            except MALFORMED_ITEM:  # as sync(): a failure, not listed
                 continue
             version = datetime.fromtimestamp(entry.st.st_mtime, UTC).isoformat()
             access = list(page.access) if page.access is not None else None
