@@ -98,6 +98,26 @@ class Acl(BaseModel):
             deny=tuple(deny),
         )
 
+    def intersect(self, other: Acl) -> Acl:
+        """An ACL never wider than either: who both grant, and who either denies.
+
+        For a document reached in two ways (a link and its target, two hard links, an ACL
+        rule and a page's own ``access`` list). A public side grants whoever the other side
+        does; otherwise only principals both name remain, exactly (groups are not expanded,
+        so the result may be narrower than the true intersection, never wider). ``deny`` is
+        the union.
+        """
+        deny = (*self.deny, *other.deny)
+        if self.public != other.public:
+            narrower = other if self.public else self
+            return Acl(users=narrower.users, groups=narrower.groups, deny=deny)
+        return Acl(
+            users=tuple(set(self.users) & set(other.users)),
+            groups=tuple(set(self.groups) & set(other.groups)),
+            public=self.public and other.public,
+            deny=deny,
+        )
+
     def allow_tokens(self) -> list[str]:
         """Principals that grant access, as stored in the index (``PUBLIC`` when public)."""
         tokens = [*self.users, *self.groups]
@@ -179,6 +199,25 @@ class Failure:
 
 
 Change = Upsert | Delete | Failure
+
+#: What reading one item the source sent in an unexpected shape raises (a missing key, a
+#: string where an object was expected, a bad date or principal, a converter choking on
+#: odd markup). A connector catches these around each item and yields :func:`malformed`:
+#: one bad item is a failure, never a failed sync. Connector errors (``SourceError``,
+#: ``CredentialError``) are none of these and still stop the sync.
+MALFORMED_ITEM: tuple[type[Exception], ...] = (
+    LookupError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    RecursionError,
+)
+
+
+def malformed(external_id: str, exc: BaseException, what: str = "") -> Failure:
+    """The ``malformed`` failure for one item whose data raised ``exc``."""
+    prefix = f"{what}: " if what else ""
+    return Failure(external_id, "malformed", f"{prefix}{type(exc).__name__}: {exc}"[:2000])
 
 
 def covered_by(failed_id: str, known: Iterable[str]) -> list[str]:

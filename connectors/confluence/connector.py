@@ -29,7 +29,18 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.base import Acl, Change, Checkpoint, Delete, DocRef, Failure, SourceDocument, Upsert
+from connectors.base import (
+    MALFORMED_ITEM,
+    Acl,
+    Change,
+    Checkpoint,
+    Delete,
+    DocRef,
+    Failure,
+    SourceDocument,
+    Upsert,
+    malformed,
+)
 from connectors.confluence.acl import (
     Level,
     account_principal,
@@ -355,7 +366,58 @@ class ConfluenceConnector:
             except SourceError as exc:
                 yield Failure(container, "unavailable", str(exc))
                 continue
+            except MALFORMED_ITEM as exc:  # the space's listing is not what the API documents
+                yield malformed(container, exc, f"space {key}")
+                continue
             yield space
+
+    def _page(
+        self,
+        space: _Space,
+        page_id: str,
+        page: Mapping[str, Any],
+        before: PageState | None,
+        state: dict[str, PageState],
+    ) -> Iterator[Change]:
+        """The change for one listed page, recording it in ``state``. Raises one of
+        ``MALFORMED_ITEM`` (before yielding anything) when the page's data is not what
+        the API documents."""
+        external_id = space.external_id(page_id)
+        try:
+            acl = self._acl(space, page_id)
+        except (_Unreadable, SourceError) as exc:
+            if before is not None:
+                state[external_id] = before.model_copy(update={"version": 0})
+            yield Failure(external_id, "acl_unreadable", str(exc))
+            return
+        number = int((page.get("version") or {}).get("number") or 0)
+        acl_print = fingerprint(acl)
+        if before is not None and before.version == number and number > 0:
+            state[external_id] = PageState(
+                version=number, content_hash=before.content_hash, acl=acl_print
+            )
+            if before.acl != acl_print:
+                yield Upsert(self._document(space, page, acl, before.content_hash, None))
+            return
+        try:
+            data, fresh = self._fetch(page_id, str(page.get("status") or "current"))
+        except Missing as exc:
+            if before is not None:
+                state[external_id] = before.model_copy(update={"version": 0})
+            reason = "forbidden" if exc.status == 403 else "not_found"
+            yield Failure(external_id, reason, f"the page body {exc}")
+            return
+        except SourceError as exc:
+            if before is not None:
+                state[external_id] = before.model_copy(update={"version": 0})
+            yield Failure(external_id, "unreadable", str(exc))
+            return
+        # The body may be newer than the listing: describe the version we read.
+        page = {**page, **{k: fresh[k] for k in ("title", "version") if k in fresh}}
+        number = int((page.get("version") or {}).get("number") or 0)
+        content_hash = _hash(data)
+        state[external_id] = PageState(version=number, content_hash=content_hash, acl=acl_print)
+        yield Upsert(self._document(space, page, acl, content_hash, data))
 
     def sync(
         self, since: ConfluenceCheckpoint | None
@@ -373,42 +435,14 @@ class ConfluenceConnector:
                 external_id = space.external_id(page_id)
                 before = previous.get(external_id)
                 try:
-                    acl = self._acl(space, page_id)
-                except (_Unreadable, SourceError) as exc:
+                    yield from self._page(space, page_id, page, before, state)
+                except MALFORMED_ITEM as exc:  # one odd page, never the whole sync
+                    # Read again next time; never recorded as indexed when it was not.
                     if before is not None:
                         state[external_id] = before.model_copy(update={"version": 0})
-                    yield Failure(external_id, "acl_unreadable", str(exc))
-                    continue
-                number = int((page.get("version") or {}).get("number") or 0)
-                acl_print = fingerprint(acl)
-                if before is not None and before.version == number and number > 0:
-                    state[external_id] = PageState(
-                        version=number, content_hash=before.content_hash, acl=acl_print
-                    )
-                    if before.acl != acl_print:
-                        yield Upsert(self._document(space, page, acl, before.content_hash, None))
-                    continue
-                try:
-                    data, fresh = self._fetch(page_id, str(page.get("status") or "current"))
-                except Missing as exc:
-                    if before is not None:
-                        state[external_id] = before.model_copy(update={"version": 0})
-                    reason = "forbidden" if exc.status == 403 else "not_found"
-                    yield Failure(external_id, reason, f"the page body {exc}")
-                    continue
-                except SourceError as exc:
-                    if before is not None:
-                        state[external_id] = before.model_copy(update={"version": 0})
-                    yield Failure(external_id, "unreadable", str(exc))
-                    continue
-                # The body may be newer than the listing: describe the version we read.
-                page = {**page, **{k: fresh[k] for k in ("title", "version") if k in fresh}}
-                number = int((page.get("version") or {}).get("number") or 0)
-                content_hash = _hash(data)
-                state[external_id] = PageState(
-                    version=number, content_hash=content_hash, acl=acl_print
-                )
-                yield Upsert(self._document(space, page, acl, content_hash, data))
+                    else:
+                        state.pop(external_id, None)
+                    yield malformed(external_id, exc)
         for external_id in sorted(previous.keys() - state.keys()):
             if any(external_id.startswith(c) for c in kept):
                 state[external_id] = previous[external_id]
@@ -424,9 +458,11 @@ class ConfluenceConnector:
             for page_id, page in space.pages.items():
                 try:
                     acl = self._acl(space, page_id)
+                    number = (page.get("version") or {}).get("number")
                 except (_Unreadable, SourceError):
                     continue
-                number = (page.get("version") or {}).get("number")
+                except MALFORMED_ITEM:  # as sync(): a failure, not listed
+                    continue
                 yield DocRef(space.external_id(page_id), str(number) if number else None, acl)
 
     def memberships(self) -> Iterator[tuple[str, str]]:

@@ -44,6 +44,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from connectors.base import (
+    MALFORMED_ITEM,
     PRINCIPAL_RE,
     Acl,
     Change,
@@ -54,6 +55,7 @@ from connectors.base import (
     Failure,
     SourceDocument,
     Upsert,
+    malformed,
 )
 from connectors.errors import ConfigError, CredentialError, SourceError
 from connectors.github.client import (
@@ -423,21 +425,35 @@ class GitHubConnector:
                 pages += 1
                 started = started or page.server_time
                 for issue in page.items:
+                    if not isinstance(issue, dict):
+                        continue  # no number to name it by
                     updated = issue.get("updated_at")
                     if not isinstance(updated, str) or not isinstance(issue.get("number"), int):
                         continue
-                    stamp = parse_time(updated)
+                    number = str(issue["number"])
+                    recorded = known.get(number)
+                    try:
+                        stamp = parse_time(updated)
+                    except MALFORMED_ITEM as exc:  # one odd issue, never the whole sync
+                        if recorded is not None:
+                            issues[number] = recorded
+                        yield malformed(self.external_id(repo, number), exc, "updated_at")
+                        continue
                     newest = max(newest, stamp) if newest else stamp
                     if _is_pull_request(issue) and not self.config.include_pull_requests:
                         continue
-                    number = str(issue["number"])
-                    recorded = known.get(number)
-                    if recorded is not None and recorded.updated_at == updated:
-                        issues[number] = recorded
-                        yield Upsert(self._lazy(repo, issue, acl, recorded.hash))
-                        continue
                     try:
+                        if recorded is not None and recorded.updated_at == updated:
+                            lazy = self._lazy(repo, issue, acl, recorded.hash)
+                            issues[number] = recorded
+                            yield Upsert(lazy)
+                            continue
                         document = self._fresh(repo, issue, acl)
+                    except MALFORMED_ITEM as exc:
+                        if recorded is not None:
+                            issues[number] = recorded
+                        yield malformed(self.external_id(repo, number), exc)
+                        continue
                     except SourceError as exc:
                         yield Failure(self.external_id(repo, number), "unreadable", str(exc))
                         if recorded is not None:
@@ -476,6 +492,8 @@ class GitHubConnector:
                     raise SourceError(f"repository {repo.name}: {exc.detail}") from exc
                 params = {"state": "all", "sort": "created", "direction": "asc"}
                 for issue in self._items(f"{repo.path}/issues", params):
+                    if not isinstance(issue, dict) or not isinstance(issue.get("number"), int):
+                        continue  # as sync() does: nothing to name it by
                     if _is_pull_request(issue) and not self.config.include_pull_requests:
                         continue
                     updated = issue.get("updated_at")

@@ -38,6 +38,7 @@ import httpx
 from pydantic import Field
 
 from connectors.base import (
+    MALFORMED_ITEM,
     Acl,
     Change,
     Checkpoint,
@@ -46,6 +47,7 @@ from connectors.base import (
     Failure,
     SourceDocument,
     Upsert,
+    malformed,
 )
 from connectors.errors import ConfigError, SourceError
 from connectors.google_drive.acl import (
@@ -347,6 +349,21 @@ class GoogleDriveConnector:
             )
         )
 
+    def _change(
+        self, file: dict[str, Any], memo: dict[str, str], files: dict[str, str]
+    ) -> Change | None:
+        """:meth:`_document`, with a file whose metadata is not what Drive documents (a
+        missing field, a bad permission or principal) as a ``malformed`` failure: one odd
+        file never fails the sync. Its last state is kept, so it is not taken for deleted."""
+        file_id = file.get("id")
+        if not isinstance(file_id, str) or not file_id:
+            return None  # nothing to name it by
+        try:
+            return self._document(file, memo, files)
+        except MALFORMED_ITEM as exc:
+            files[file_id] = memo.get(file_id, "")
+            return malformed(file_id, exc, f"file {file.get('name')!r}")
+
     # -- the contract ---------------------------------------------------------------------
 
     def _relist(
@@ -357,7 +374,7 @@ class GoogleDriveConnector:
         files: dict[str, str] = {}
         for file in self._listing(folders):
             if self._wanted(file):
-                change = self._document(file, memo, files)
+                change = self._change(file, memo, files)
                 if change is not None:
                     yield change
         for gone in sorted(known - files.keys()):
@@ -426,7 +443,7 @@ class GoogleDriveConnector:
                         relist = True
                     continue
                 if in_scope and self._wanted(file):
-                    result = self._document(file, files, files)
+                    result = self._change(file, files, files)
                     if result is not None:
                         yield result
                 elif file_id in files:
@@ -449,9 +466,13 @@ class GoogleDriveConnector:
         for file in self._listing(set()):
             if not self._wanted(file):
                 continue
+            if not isinstance(file.get("id"), str):
+                continue
             try:
                 acl = self._acl(file)
             except FileError:
+                continue
+            except MALFORMED_ITEM:  # as sync(): a failure, not listed
                 continue
             version = file.get("md5Checksum") or file.get("modifiedTime")
             yield DocRef(file["id"], str(version) if version else None, acl)

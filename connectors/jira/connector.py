@@ -42,6 +42,7 @@ import httpx
 from pydantic import Field
 
 from connectors.base import (
+    MALFORMED_ITEM,
     Change,
     Checkpoint,
     CommentReceipt,
@@ -50,6 +51,7 @@ from connectors.base import (
     Failure,
     SourceDocument,
     Upsert,
+    malformed,
 )
 from connectors.errors import ConfigError, CredentialError, SourceError
 from connectors.http import RETRY_STATUSES
@@ -371,6 +373,8 @@ class JiraConnector:
         seen: dict[str, str] = {}
         failed: dict[str, datetime | None] = {}
         for issue in self.client.search(jql, ISSUE_FIELDS, self.config.page_size):
+            if not isinstance(issue, dict):
+                continue  # nothing to name it by
             issue_id = str(issue.get("id", ""))
             key = str(issue.get("key", issue_id))
             if not issue_id:
@@ -384,9 +388,9 @@ class JiraConnector:
                 failed[issue_id] = updated
                 yield Failure(issue_id, "unreadable", f"{key}: {exc}")
                 continue
-            except (KeyError, TypeError, ValueError) as exc:
+            except MALFORMED_ITEM as exc:  # one odd issue, never the whole sync
                 failed[issue_id] = updated
-                yield Failure(issue_id, "malformed", f"{key}: {type(exc).__name__}: {exc}")
+                yield malformed(issue_id, exc, key)
                 continue
             if updated is not None and (cursor is None or updated > cursor):
                 cursor = updated
@@ -418,8 +422,8 @@ class JiraConnector:
     def list_ids(self) -> Iterator[DocRef]:
         self._reset()
         for issue in self.client.search(self._scope(), ACL_FIELDS, self.config.page_size):
-            fields = issue.get("fields")
-            if "id" not in issue or not isinstance(fields, dict):
+            fields = issue.get("fields") if isinstance(issue, dict) else None
+            if not isinstance(issue, dict) or "id" not in issue or not isinstance(fields, dict):
                 continue
             version = fields.get("updated")
             yield DocRef(

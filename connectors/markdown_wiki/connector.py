@@ -1,9 +1,13 @@
 """The ``markdown_wiki`` connector: a folder (or git checkout) of markdown pages.
 
-Walks ``root`` for pages (``include``/``exclude`` globs; hidden files and folders such as
-``.git`` are never entered), renders each with :mod:`connectors.markdown_wiki.pages` (front
-matter out, title kept as the heading, relative links made absolute under ``base_url``) and
-yields it with the ACL of the first matching rule, else ``default_acl``, else nobody.
+Walks ``root`` for pages with :func:`connectors.walk.walk` (``include``/``exclude`` globs;
+hidden files and folders such as ``.git`` are never entered; one document per real file,
+links never widen its ACL, special files never opened), renders each with
+:mod:`connectors.markdown_wiki.pages` (front matter out, title kept as the heading,
+relative links made absolute under ``base_url``) and yields it with the ACL of the first
+matching rule, else ``default_acl``, else nobody, intersected over every path the page is
+reached by and narrowed by its ``access`` list.
+Ids, titles and checkpoint keys are :func:`~connectors.names.escape_name` of the path.
 
 Incremental as the filesystem connector: a page whose mtime and size match the checkpoint
 (and whose URL settings have not changed) reuses the recorded hash, title and front matter
@@ -17,14 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
+from functools import reduce
 from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
 from connectors.base import (
+    MALFORMED_ITEM,
     Acl,
     Change,
     Checkpoint,
@@ -35,11 +41,14 @@ from connectors.base import (
     Upsert,
     check_principal,
     covered_by,
+    malformed,
 )
 from connectors.errors import ConfigError
 from connectors.globs import glob_match
 from connectors.markdown_wiki.config import MarkdownWikiConfig
 from connectors.markdown_wiki.pages import Page, PageError, Site, render
+from connectors.names import escape_name
+from connectors.walk import FileEntry, Skipped, read_regular, walk
 
 #: Bump when rendering changes, so every page is rendered again once.
 RENDER_VERSION = 1
@@ -62,11 +71,6 @@ class MarkdownWikiCheckpoint(Checkpoint):
     pages: dict[str, PageState] = Field(default_factory=dict)
 
 
-def _inside(path: Path, root: Path) -> bool:
-    """Whether ``path``, links followed, is below ``root`` (realpath: loops do not raise)."""
-    return Path(os.path.realpath(path)).is_relative_to(root)
-
-
 def narrow(acl: Acl, access: list[str] | None) -> Acl:
     """``acl`` narrowed by a page's ``access`` list: never wider than ``acl``.
 
@@ -76,14 +80,7 @@ def narrow(acl: Acl, access: list[str] | None) -> Acl:
     """
     if access is None:
         return acl
-    if acl.public:
-        return Acl.of(access, acl.deny)
-    listed = set(access)
-    return Acl(
-        users=tuple(u for u in acl.users if u in listed),
-        groups=tuple(g for g in acl.groups if g in listed),
-        deny=acl.deny,
-    )
+    return acl.intersect(Acl.of(access))
 
 
 def _reader(data: bytes) -> Callable[[], bytes]:
@@ -108,6 +105,7 @@ class MarkdownWikiConnector:
         fingerprint = [RENDER_VERSION, config.base_url, sorted(config.index_names)]
         self.fingerprint = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:16]
         self.default_acl = config.default_acl.to_acl() if config.default_acl else Acl()
+        self._unmatched = 0
 
     def check(self) -> None:
         if not self.root.exists():
@@ -124,53 +122,42 @@ class MarkdownWikiConnector:
             glob_match(g, relpath) for g in self.config.exclude
         )
 
-    def acl_for(self, relpath: str, access: list[str] | None = None) -> Acl:
+    def rule_acl(self, relpath: str) -> Acl | None:
+        """The ACL of the first rule matching ``relpath``; ``None`` when none does."""
         for rule in self.config.acl_rules:
             if glob_match(rule.glob, relpath):
-                return narrow(Acl.of(rule.allow, rule.deny, public=rule.public), access)
-        return narrow(self.default_acl, access)
+                return Acl.of(rule.allow, rule.deny, public=rule.public)
+        return None
 
-    def _walk(self) -> Iterator[tuple[str, Path, os.stat_result | OSError]]:
-        """Every page below root in a stable order, with its stat or why it has none."""
+    def acl_for(self, relpath: str, access: list[str] | None = None) -> Acl:
+        """The ACL one path gives a page: its first rule, else ``default_acl``, narrowed."""
+        acl = self.rule_acl(relpath)
+        return narrow(self.default_acl if acl is None else acl, access)
+
+    def _acl(self, entry: FileEntry, access: list[str] | None) -> tuple[Acl, bool]:
+        """The page's ACL over every path it is reached by, and whether some path matched
+        no rule."""
+        acls = [self.rule_acl(p) for p in entry.paths]
+        acl = reduce(Acl.intersect, (self.default_acl if a is None else a for a in acls))
+        return narrow(acl, access), any(a is None for a in acls)
+
+    @staticmethod
+    def _hidden(relpath: str) -> bool:
+        return posixpath.basename(relpath).startswith(".")  # .git, .github, editor droppings
+
+    def _walk(self) -> Iterator[FileEntry | Skipped]:
+        """Every page below root once, in a stable order, or why an entry was skipped."""
         self.check()
-        stack = [self.root]
-        seen = {self.root}
-        while stack:
-            folder = stack.pop()
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
-            except OSError as exc:
-                # Unlistable for now: reported for the whole folder ("x/"), never as deletions.
-                relfolder = folder.relative_to(self.root).as_posix()
-                yield ("" if relfolder == "." else relfolder + "/"), folder, exc
-                continue
-            for entry in entries:
-                if entry.name.startswith("."):  # .git, .github, editor droppings
-                    continue
-                path = Path(entry.path)
-                relpath = path.relative_to(self.root).as_posix()
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=True)
-                    if entry.is_symlink() and not _inside(path, self.root):
-                        # A link must not bring a page from elsewhere in under the wiki's rules.
-                        if is_dir or self.is_page(relpath):
-                            yield relpath, path, PermissionError(f"link points outside {self.root}")
-                    elif is_dir:
-                        real = Path(os.path.realpath(path))
-                        if (self.config.follow_symlinks or not entry.is_symlink()) and (
-                            real not in seen
-                        ):
-                            seen.add(real)
-                            stack.append(path)
-                    elif self.is_page(relpath):
-                        yield relpath, path, entry.stat(follow_symlinks=True)
-                except OSError as exc:  # a link loop, a page gone mid-walk, …
-                    if self.is_page(relpath):
-                        yield relpath, path, exc
+        return walk(
+            self.root,
+            follow_symlinks=self.config.follow_symlinks,
+            skip=self._hidden,
+            wanted=self.is_page,
+        )
 
-    def _read(self, relpath: str, path: Path) -> Page:
+    def _read(self, entry: FileEntry) -> Page:
         """Raises ``OSError`` or ``PageError``."""
-        page = render(path.read_bytes(), relpath, self.site)
+        page = render(read_regular(entry.path, entry.key), entry.relpath, self.site)
         if page.access is not None:
             for principal in page.access:
                 try:
@@ -179,31 +166,33 @@ class MarkdownWikiConnector:
                     raise PageError(f"front matter 'access': {exc}") from None
         return page
 
-    def _lazy(self, relpath: str, path: Path) -> Callable[[], bytes]:
-        return lambda: self._read(relpath, path).text.encode("utf-8")
+    def _lazy(self, entry: FileEntry) -> Callable[[], bytes]:
+        return lambda: self._read(entry).text.encode("utf-8")
 
     def _document(
         self,
-        relpath: str,
-        st: os.stat_result,
+        entry: FileEntry,
         state: PageState,
+        acl: Acl,
         read: Callable[[], bytes],
     ) -> SourceDocument:
+        st = entry.st
         updated = datetime.fromtimestamp(st.st_mtime, UTC)
+        stem = posixpath.splitext(posixpath.basename(entry.relpath))[0]
         return SourceDocument(
-            external_id=relpath,
+            external_id=entry.external_id,
             title=state.title,
-            acl=self.acl_for(relpath, state.access),
+            acl=acl,
             content_hash=state.hash,
             read=read,
-            filename=Path(relpath).stem + ".md",
-            url=self.site.url_for(relpath),
+            filename=escape_name(stem) + ".md",
+            url=self.site.url_for(entry.relpath),
             mime_type="text/markdown",
             size=st.st_size,
             version=updated.isoformat(),
             updated_at=updated,
             author=state.author,
-            metadata={**state.metadata, "path": relpath},
+            metadata={**state.metadata, "path": entry.external_id},
         )
 
     # -- the contract ---------------------------------------------------------------------
@@ -214,23 +203,30 @@ class MarkdownWikiConnector:
         previous = since.pages if since else {}
         reusable = since is not None and since.render == self.fingerprint
         pages: dict[str, PageState] = {}
-        for relpath, path, st in self._walk():
-            known = previous.get(relpath)
-            if isinstance(st, OSError):
+        self._unmatched = 0
+        for entry in self._walk():
+            if isinstance(entry, Skipped):
                 # Unreadable for now is not deleted; a folder's failure ("x/") covers its pages.
-                pages.update({k: previous[k] for k in covered_by(relpath, previous)})
-                yield Failure(relpath, "unreadable", f"{type(st).__name__}: {st}")
+                failure = entry.failure()
+                pages.update({k: previous[k] for k in covered_by(failure.external_id, previous)})
+                yield failure
                 continue
+            doc_id, st = entry.external_id, entry.st
+            known = previous.get(doc_id)
             if reusable and known and known.mtime_ns == st.st_mtime_ns and known.size == st.st_size:
-                state, read = known, self._lazy(relpath, path)
+                state, read = known, self._lazy(entry)
             else:
                 try:
-                    page = self._read(relpath, path)
-                except (OSError, PageError) as exc:
+                    page = self._read(entry)
+                except OSError as exc:
                     if known:
-                        pages[relpath] = known
-                    reason = "malformed" if isinstance(exc, PageError) else "unreadable"
-                    yield Failure(relpath, reason, f"{type(exc).__name__}: {exc}")
+                        pages[doc_id] = known
+                    yield Failure(doc_id, "unreadable", escape_name(f"{type(exc).__name__}: {exc}"))
+                    continue
+                except MALFORMED_ITEM as exc:  # PageError, or odd front matter a step missed
+                    if known:
+                        pages[doc_id] = known
+                    yield malformed(doc_id, exc)
                     continue
                 state = PageState(
                     mtime_ns=st.st_mtime_ns,
@@ -242,24 +238,33 @@ class MarkdownWikiConnector:
                     metadata=page.metadata,
                 )
                 read = _reader(page.text.encode("utf-8"))
-            pages[relpath] = state
-            yield Upsert(self._document(relpath, st, state, read))
-        for relpath in sorted(previous.keys() - pages.keys()):
-            yield Delete(relpath)
+            acl, unmatched = self._acl(entry, state.access)
+            self._unmatched += unmatched
+            pages[doc_id] = state
+            yield Upsert(self._document(entry, state, acl, read))
+        for doc_id in sorted(previous.keys() - pages.keys()):
+            yield Delete(doc_id)
         return MarkdownWikiCheckpoint(render=self.fingerprint, pages=pages)
+
+    def sync_notes(self) -> dict[str, int]:
+        """``unmatched_acl_rule``: pages of the last sync that some path of matched no ACL
+        rule, so ``default_acl`` (or nobody) decided (part of) their ACL."""
+        return {"unmatched_acl_rule": self._unmatched}
 
     def list_ids(self) -> Iterator[DocRef]:
         """Every readable page with its ACL; reads each page for its front matter ``access``."""
-        for relpath, path, st in self._walk():
-            if isinstance(st, OSError):
+        for entry in self._walk():
+            if isinstance(entry, Skipped):
                 continue
             try:
-                page = self._read(relpath, path)
-            except (OSError, PageError):
+                page = self._read(entry)
+            except OSError:
                 continue
-            version = datetime.fromtimestamp(st.st_mtime, UTC).isoformat()
+            except MALFORMED_ITEM:  # as sync(): a failure, not listed
+                continue
+            version = datetime.fromtimestamp(entry.st.st_mtime, UTC).isoformat()
             access = list(page.access) if page.access is not None else None
-            yield DocRef(relpath, version, self.acl_for(relpath, access))
+            yield DocRef(entry.external_id, version, self._acl(entry, access)[0])
 
     def memberships(self) -> Iterator[tuple[str, str]]:
         for name, members in sorted(self.config.groups.items()):

@@ -12,7 +12,10 @@ absolute URLs by the same rule; a link to another file (an image) keeps its exte
 link that climbs out of the root is refused: it keeps its text and loses its target. Links
 inside fenced code blocks and code spans are left alone.
 
-Imports: stdlib and connectors.safe_yaml (pyyaml, bounded).
+A path may hold non-UTF-8 bytes (lone surrogates, as ``os`` gives them): URLs quote the real
+bytes and a title taken from the file name is escaped (:mod:`connectors.names`).
+
+Imports: stdlib, connectors.safe_yaml (pyyaml, bounded) and connectors.names.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from connectors import safe_yaml
+from connectors.names import escape_name, quote_name
 
 PAGE_SUFFIXES = (".md", ".markdown")
 #: Limits of a page's front matter (connectors.safe_yaml): a few keys, not a data file.
@@ -73,7 +77,7 @@ class Site:
         head, name = posixpath.split(path)
         if name in self.index_names or name == "":
             path = head
-        return f"{self.base_url}/{quote(path)}"
+        return f"{self.base_url}/{quote_name(path)}"
 
     def rewrite_target(self, target: str, page: str) -> str | None:
         """The absolute URL for a link ``target`` found in ``page``; ``None`` when refused."""
@@ -295,5 +299,5 @@ def _fallback_title(relpath: str, site: Site) -> str:
     head, name = posixpath.split(relpath)
     stem = posixpath.splitext(name)[0]
     if stem in site.index_names and head:
-        return posixpath.basename(head)
-    return stem
+        return escape_name(posixpath.basename(head))
+    return escape_name(stem)

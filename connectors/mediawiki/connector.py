@@ -29,7 +29,17 @@ from urllib.parse import quote, urlsplit
 import httpx
 from pydantic import Field
 
-from connectors.base import Change, Checkpoint, Delete, DocRef, Failure, SourceDocument, Upsert
+from connectors.base import (
+    MALFORMED_ITEM,
+    Change,
+    Checkpoint,
+    Delete,
+    DocRef,
+    Failure,
+    SourceDocument,
+    Upsert,
+    malformed,
+)
 from connectors.errors import ConfigError, CredentialError, SourceError
 from connectors.mediawiki.client import BATCH, MediaWikiApi
 from connectors.mediawiki.config import MediaWikiConfig
@@ -229,8 +239,17 @@ class MediaWikiConnector:
     def _emit(self, pages: Iterable[dict[str, Any]], seen: dict[str, str]) -> Iterator[Change]:
         """Upsert (or fail) each page, recording it in ``seen`` (id → title)."""
         for page in pages:
-            item = self._document(page)
-            seen[str(page["pageid"])] = str(page["title"])
+            raw_id = page.get("pageid") if isinstance(page, dict) else None
+            if not isinstance(raw_id, int | str) or not str(raw_id):
+                continue  # nothing to name it by: the API sent no page
+            pid = str(raw_id)
+            try:
+                item = self._document(page)
+                seen[pid] = str(page["title"])
+            except MALFORMED_ITEM as exc:  # one odd page, never the whole sync
+                seen.setdefault(pid, str(page.get("title") or ""))  # failed is not deleted
+                yield malformed(pid, exc, f"page {page.get('title')!r}")
+                continue
             yield Upsert(item) if isinstance(item, SourceDocument) else item
 
     # -- recent changes ----------------------------------------------------------------------

@@ -783,3 +783,18 @@ def test_restrictions_are_read_page_by_page_and_memberships_need_the_group_list(
     fake.forbidden.add(r"/rest/api/group$")
     with pytest.raises(SourceError, match="groups cannot be listed"):
         list(_connector(fake).memberships())
+
+
+def test_one_malformed_page_is_a_failure_not_a_failed_sync() -> None:
+    fake = _site()
+    good = fake.add_page("DOCS", "Good", "<p>fine</p>")
+    odd = fake.add_page("DOCS", "Odd", "<p>odd</p>")
+    fake.pages[odd]["version"] = "seven"  # not a version number: ValueError reading it
+    changes, checkpoint = run(_connector(fake), None)
+    assert set(upserts(changes)) == {f"DOCS/{good}"}
+    assert failures(changes)[f"DOCS/{odd}"].reason == "malformed"
+    # Still there (a failure, not a deletion): the cheap listing names it.
+    assert {r.external_id for r in _connector(fake).list_ids()} == {f"DOCS/{good}", f"DOCS/{odd}"}
+    fake.pages[odd]["version"] = 2  # fixed at the source: indexed on the next sync
+    again, _ = run(_connector(fake), checkpoint)
+    assert f"DOCS/{odd}" in upserts(again) and not failures(again)

@@ -80,18 +80,39 @@ def test_first_matching_rule_wins_and_deny_is_kept(tmp_path: Path) -> None:
     assert docs["handbook/welcome.md"].acl == Acl.of(["group:everyone"])
 
 
-def test_posix_acl_when_no_rule_matches(tmp_path: Path) -> None:
-    _tree(tmp_path, {"open.txt": "o", "team.txt": "t", "mine.txt": "m"})
+def test_posix_acl_when_no_rule_matches_and_default_acl_is_posix(tmp_path: Path) -> None:
+    _tree(tmp_path, {"open.txt": "o", "team.txt": "t", "mine.txt": "m", "x/ruled.txt": "r"})
     os.chmod(tmp_path / "open.txt", 0o644)
     os.chmod(tmp_path / "team.txt", 0o640)
     os.chmod(tmp_path / "mine.txt", 0o600)
-    config = FilesystemConfig(root=tmp_path, acl_rules=[AclRule(glob="x/**", allow=["user:x"])])
-    docs = upserts(run(FilesystemConnector(config), None)[0])
+    rules = [AclRule(glob="x/**", allow=["user:x"])]
+    config = FilesystemConfig(root=tmp_path, acl_rules=rules, default_acl="posix")
+    connector = FilesystemConnector(config)
+    docs = upserts(run(connector, None)[0])
     assert docs["open.txt"].acl.public
     team = docs["team.txt"].acl
     assert not team.public and len(team.groups) == 1 and len(team.users) == 1
     mine = docs["mine.txt"].acl
     assert not mine.public and mine.groups == () and len(mine.users) == 1
+    assert connector.sync_notes() == {"unmatched_acl_rule": 3}
+
+
+def test_a_file_no_rule_matches_is_readable_by_nobody_by_default(tmp_path: Path) -> None:
+    _tree(tmp_path, {"open.txt": "o", "x/ruled.txt": "r"})
+    os.chmod(tmp_path / "open.txt", 0o644)
+    rules = [AclRule(glob="x/**", allow=["user:x"])]
+    connector = FilesystemConnector(FilesystemConfig(root=tmp_path, acl_rules=rules))
+    assert FilesystemConfig(root=tmp_path).default_acl == "nobody"
+    changes, _ = run(connector, None)
+    docs = upserts(changes)
+    assert docs["open.txt"].acl == Acl() and not docs["open.txt"].acl.grants({"user:anyone"})
+    assert docs["x/ruled.txt"].acl == Acl.of(["user:x"])
+    assert connector.sync_notes() == {"unmatched_acl_rule": 1}
+    assert {r.external_id: r.acl for r in connector.list_ids()} == {
+        k: d.acl for k, d in docs.items()
+    }
+    with pytest.raises(ValueError):
+        FilesystemConfig(root=tmp_path, default_acl="public")
 
 
 def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch: Any) -> None:
@@ -102,7 +123,7 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch: Any) ->
     import connectors.filesystem.connector as module
 
     real = module._file_hash
-    monkeypatch.setattr(module, "_file_hash", lambda p: hashed.append(p) or real(p))
+    monkeypatch.setattr(module, "_file_hash", lambda p, k: hashed.append(p) or real(p, k))
     changes, _ = run(connector, checkpoint)
     assert len(upserts(changes)) == 2
     assert hashed == []
@@ -146,7 +167,8 @@ def test_a_link_out_of_the_share_is_refused(tmp_path: Path) -> None:
     (share / "ok.txt").symlink_to(share / "a.txt")
     config = FilesystemConfig(root=share, follow_symlinks=True)
     changes, _ = run(FilesystemConnector(config), None)
-    assert set(upserts(changes)) == {"a.txt", "inside/b.txt", "ok.txt"}
+    # ok.txt is a.txt: one document under its real path, not two (tests/security/test_links.py).
+    assert set(upserts(changes)) == {"a.txt", "inside/b.txt"}
     assert set(failures(changes)) == {"leak.txt", "leakdir"}
 
 

@@ -446,3 +446,16 @@ def test_sync_and_search_through_the_cli(served: tuple[FakeGitHub, str], tmp_pat
     assert titles("user:alice")[0] == "Payroll export fails"
     assert "Payroll export fails" not in titles("user:bob")
     assert "Office hours" in titles("user:bob")
+
+
+def test_one_malformed_issue_is_a_failure_not_a_failed_sync(fake: FakeGitHub) -> None:
+    fake.repo("acme/handbook")
+    for number in (1, 2, 3):
+        fake.add_issue("acme/handbook", number, f"Issue {number}", "text")
+    repo = fake.repos["acme/handbook"]
+    repo.issues[2]["updated_at"] = "last tuesday"  # not a timestamp
+    changes, _ = run(make(fake), None)
+    assert set(upserts(changes)) == {"acme/handbook/issues/1", "acme/handbook/issues/3"}
+    assert {k: f.reason for k, f in failures(changes).items()} == {
+        "acme/handbook/issues/2": "malformed"
+    }

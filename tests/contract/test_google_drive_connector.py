@@ -895,3 +895,16 @@ def test_cli_sync_and_search_against_a_local_drive(
     again = cli("sync", "gdrive", "--json")
     assert again["chunks_embedded"] == 0
     assert "Budget 2027" in titles("user:bob@example.com", "marketing budget 2027")
+
+
+def test_one_file_with_odd_metadata_is_a_failure_not_a_failed_sync(drive: FakeDrive) -> None:
+    drive.put("ok", "Plan", html("the plan"), permissions=[perm_user("ada@example.com")])
+    drive.put("odd", "Odd", html("odd"), permissions=[perm_user("ada@example.com")])
+    drive.files["odd"]["lastModifyingUser"] = "editor@example.com"  # a string, not a user
+    changes, checkpoint = run(make(drive), None)
+    assert set(upserts(changes)) == {"ok"}
+    assert failures(changes)["odd"].reason == "malformed"
+    assert "odd" in checkpoint.files  # failed is not taken for deleted
+    drive.put("odd", "Odd", html("odd, fixed"), permissions=[perm_user("ada@example.com")])
+    again, _ = run(make(drive), checkpoint)
+    assert "odd" in upserts(again) and not failures(again)

@@ -881,3 +881,14 @@ def test_sync_and_search_through_the_cli(httpserver: Any, tmp_path: Path) -> Non
     assert office["results"][0]["url"] == "https://wiki.example.org/wiki/Lyon_office"
     again = json.loads(cli("sync", "wiki", "--json"))
     assert again["failed"] == 0 and again["deleted"] == 0
+
+
+def test_one_malformed_page_is_a_failure_not_a_failed_sync() -> None:
+    wiki = FakeWiki()
+    good = wiki.create("Good", "fine text")
+    odd = wiki.create("Odd", "odd text")
+    wiki.pages[odd].timestamp = "yesterday-ish"  # not a timestamp: ValueError reading it
+    changes, checkpoint = run(make(wiki), None)
+    assert set(upserts(changes)) == {str(good)}
+    assert failures(changes)[str(odd)].reason == "malformed"
+    assert str(odd) in checkpoint.pages  # failed is not taken for deleted
