@@ -15,6 +15,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from context_server.api.deps import CallerDep, RuntimeDep
+from context_server.api.schemas import (
+    Artifact,
+    Comment,
+    PrincipalText,
+    RunInput,
+    check_artifact,
+)
 from context_server.durations import parse_duration
 from context_server.errors import ForbiddenError, NotFoundError
 from context_server.keys import Caller
@@ -36,10 +43,14 @@ DeskDep = Annotated[ReviewDesk, Depends(get_desk)]
 
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    on_behalf_of: str | None = Field(
+    on_behalf_of: PrincipalText | None = Field(
         default=None, description="The user the run acts for (default: the agent's owner)."
     )
-    input: dict[str, Any] = Field(default_factory=dict, description="Fills the query template.")
+    input: RunInput = Field(
+        default_factory=dict,
+        description="Fills the query template: at most 50 named values (text, numbers, "
+        "lists of text).",
+    )
 
 
 @router.post("/agents/{name}/runs")
@@ -109,7 +120,9 @@ def list_reviews(
     caller: CallerDep,
     state: str | None = None,
     agent: str | None = None,
-    older_than: Annotated[str | None, Query(description="e.g. 2d: created before then")] = None,
+    older_than: Annotated[
+        str | None, Query(max_length=32, description="e.g. 2d: created before then")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     age = parse_duration(older_than) if older_than else None
@@ -133,12 +146,12 @@ def show_review(review_id: str, desk: DeskDep, caller: CallerDep) -> Any:
 
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    as_: str | None = Field(
+    as_: PrincipalText | None = Field(
         default=None,
         alias="as",
         description="The deciding user; required with the admin token, implied by a user key.",
     )
-    comment: str = ""
+    comment: Comment = ""
 
 
 class Approval(Decision):
@@ -152,7 +165,10 @@ class Deferral(Decision):
 
 
 class Edit(Decision):
-    content: str = Field(min_length=1, description="The artifact's new text (markdown).")
+    content: Artifact = Field(
+        description="The artifact's new text (markdown); CONTEXT_SERVER_MAX_ARTIFACT_CHARS "
+        "may lower the limit."
+    )
 
 
 def _actor(caller: Caller, body: Decision) -> str:
@@ -211,6 +227,7 @@ def defer(review_id: str, body: Deferral, desk: DeskDep, caller: CallerDep) -> A
 
 @router.post("/reviews/{review_id}/edit")
 def edit(review_id: str, body: Edit, desk: DeskDep, caller: CallerDep) -> Any:
+    check_artifact(body.content, desk.runtime.settings.max_artifact_chars)
     desk.edit(
         review_id, _actor(caller, body), content=body.content, comment=body.comment, caller=caller
     )
