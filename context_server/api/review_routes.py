@@ -18,6 +18,7 @@ from context_server.api.deps import CallerDep, RuntimeDep
 from context_server.api.schemas import (
     Artifact,
     Comment,
+    KEY_RESPONSES,
     PrincipalText,
     RunInput,
     check_artifact,
@@ -28,7 +29,7 @@ from context_server.keys import Caller
 from context_server.review import ReviewDesk
 from context_server.runs import RunQueue, manual_run
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=KEY_RESPONSES)
 
 
 def get_desk(runtime: RuntimeDep) -> ReviewDesk:

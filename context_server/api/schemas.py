@@ -86,6 +86,7 @@ def _error(description: str) -> dict[str, Any]:
 
 #: The refusals every keyed route may answer (documented in the OpenAPI schema).
 KEY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("The body is not JSON text (e.g. not UTF-8)."),
     401: _error("No bearer key, or an unknown or revoked one (refused before the body is read)."),
     403: _error("The key may not do this."),
     404: _error("No such thing visible to this key."),
