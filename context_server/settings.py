@@ -109,8 +109,8 @@ class Settings(BaseSettings):
 
     session_secret: SecretStr | None = Field(
         default=None,
-        description="Key signing the web pages' session cookies. Unset: a random key per "
-        "process (a restart logs everyone out; several API processes need one shared key).",
+        description="No longer used: web sessions are held on the server and the cookie is "
+        "a random id. Accepted so that existing configurations keep working.",
     )
     oidc_issuer: str | None = Field(
         default=None,

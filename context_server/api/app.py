@@ -25,6 +25,7 @@ from context_server.mcp_server import mount as mount_mcp
 from context_server.runtime import Runtime
 from context_server.settings import Settings
 from context_server.web import install as install_web
+from context_server.web.headers import SecurityHeaders
 from indexing.errors import EmbedderMismatchError, IndexLockedError, IndexUnavailableError
 
 # The only place HTTP statuses meet domain errors.
@@ -113,6 +114,7 @@ def create_app(
         max_bytes=lambda: int(app.state.settings.max_request_bytes),
         authenticate=lambda token: authenticate(app.state.runtime, app.state.admin_token, token),
     )
+    app.add_middleware(SecurityHeaders)  # on every response, the edge's refusals included
 
     for error, status in STATUS_BY_ERROR:
 
