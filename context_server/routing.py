@@ -215,7 +215,9 @@ class ContextRouter:
             raise SpecError("the query is empty")
         limit = self.runtime.settings.max_query_chars
         if len(query) > limit:  # refused before it is embedded, stored or audited
-            raise SpecError(f"the query has {len(query)} characters; at most {limit} (max_query_chars)")
+            raise SpecError(
+                f"the query has {len(query)} characters; at most {limit} (max_query_chars)"
+            )
         if budget_tokens is not None and not 1 <= budget_tokens <= MAX_BUDGET_TOKENS:
             raise SpecError(f"budget_tokens must be between 1 and {MAX_BUDGET_TOKENS}")
         try:

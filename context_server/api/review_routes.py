@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from context_server.api.deps import CallerDep, RuntimeDep
 from context_server.api.schemas import (
+    KEY_RESPONSES,
     Artifact,
     Comment,
-    KEY_RESPONSES,
     PrincipalText,
     RunInput,
     check_artifact,

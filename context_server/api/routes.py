@@ -11,8 +11,8 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from context_server.agents import MAX_BUDGET_TOKENS
 from context_server import deadline
+from context_server.agents import MAX_BUDGET_TOKENS
 from context_server.api.deps import AdminDep, CallerDep, RouterDep, RuntimeDep
 from context_server.api.schemas import (
     ADMIN_RESPONSES,
@@ -68,9 +68,7 @@ class Filters(BaseModel):
 class ContextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     agent: Name = Field(description="The declared agent whose profile routes the request.")
-    on_behalf_of: PrincipalText = Field(
-        description="The user the agent acts for, e.g. user:alice."
-    )
+    on_behalf_of: PrincipalText = Field(description="The user the agent acts for, e.g. user:alice.")
     query: QueryText = Field(
         description="What the agent needs context for (CONTEXT_SERVER_MAX_QUERY_CHARS may "
         "lower the limit)."

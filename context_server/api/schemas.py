@@ -46,7 +46,9 @@ SourceNames = Annotated[list[Name], Field(max_length=MAX_LIST)]
 #: A run's input: a few named values that fill the agent's query template.
 InputKey = Annotated[str, Field(min_length=1, max_length=100), Utf8]
 InputText = Annotated[str, Field(max_length=MAX_QUERY_CHARS), Utf8]
-InputValue = InputText | int | float | bool | None | Annotated[list[InputText], Field(max_length=MAX_LIST)]
+InputValue = (
+    InputText | int | float | bool | None | Annotated[list[InputText], Field(max_length=MAX_LIST)]
+)
 RunInput = Annotated[dict[InputKey, InputValue], Field(max_length=50)]
 
 

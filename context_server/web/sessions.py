@@ -3,8 +3,9 @@
 The cookie carries only a random id (256 bits); the store keeps its SHA-256 and the
 session's data (who logged in, the CSRF token, flash messages, a pending single sign-on).
 So the cookie reveals nothing, a copy of the store opens no session, and ending a session
-ends it for every copy of the cookie: "Log out" (the session emptied), revoking the key
-that logged in (``keys.revoke_key`` marks its sessions revoked), or its expiry.
+ends it for every copy of the cookie: "Log out" (the session's row is deleted), revoking
+the key that logged in (``keys.revoke_key`` marks its rows revoked; the next request with
+such a cookie is told why), or its expiry.
 
 A new id is issued whenever who is logged in changes (a login, a logout), so an id planted
 in a browser before the login is never the logged-in one (session fixation).
@@ -40,6 +41,7 @@ ANONYMOUS_MAX_AGE = 3600  # the login page's session, before anyone logged in
 #: The session fields naming who is logged in: a change of any is a new session id.
 IDENTITY = ("kind", "subject", "key_id", "auth", "issuer")
 PREFIX = "/ui"
+KEY_REVOKED = "your key was revoked; log in with another one"
 
 
 def session_hash(token: str) -> str:
@@ -115,6 +117,10 @@ class ServerSessions:
             now = datetime.now(UTC)
             live = row is not None and row.revoked_at is None and as_utc(row.expires_at) > now
             data = dict(row.data) if live and row is not None else {}
+            revoked = row is not None and row.revoked_at is not None
+        if revoked:  # only a key's revocation marks a session (logouts delete theirs)
+            fresh = {"flash": [["error", KEY_REVOKED]]}
+            return _Loaded(None, fresh, _dump({}), _identity({}))
         return _Loaded(token if live else None, data, _dump(data), _identity(data))
 
     def _save(self, loaded: _Loaded, data: dict[str, Any], sent: str | None) -> str | None:
@@ -126,7 +132,7 @@ class ServerSessions:
         with self.store()() as db:
             if not data:  # emptied: logged out
                 if loaded.token is not None:
-                    self._revoke(db, loaded.token, now)
+                    self._drop(db, loaded.token)
                     db.commit()
                 return self._expired()
             if loaded.token is not None and loaded.identity == _identity(data):
@@ -139,7 +145,7 @@ class ServerSessions:
                 return None
             # a new session, or a new identity in it: a new id; the old one ends
             if loaded.token is not None:
-                self._revoke(db, loaded.token, now)
+                self._drop(db, loaded.token)
             db.execute(delete(WebSession).where(WebSession.expires_at < now))
             token = secrets.token_urlsafe(32)
             logged_in = data.get("kind") is not None
@@ -158,12 +164,9 @@ class ServerSessions:
         return self._header(token, max_age)
 
     @staticmethod
-    def _revoke(db: Session, token: str, now: datetime) -> None:
-        db.execute(
-            update(WebSession)
-            .where(WebSession.id == session_hash(token), WebSession.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
+    def _drop(db: Session, token: str) -> None:
+        """The session ends: its row goes, so no copy of its cookie opens it again."""
+        db.execute(delete(WebSession).where(WebSession.id == session_hash(token)))
 
     def _header(self, value: str, max_age: int) -> str:
         parts = [f"{self.cookie}={value}", f"Path={PREFIX}", f"Max-Age={max_age}"]

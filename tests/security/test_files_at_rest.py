@@ -86,7 +86,7 @@ def test_a_data_dir_owned_by_someone_else_is_refused(
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     me = os.geteuid()
-    monkeypatch.setattr(db.os, "geteuid", lambda: me + 1)  # as if another user ran it
+    monkeypatch.setattr(os, "geteuid", lambda: me + 1)  # as if another user ran it
     with pytest.raises(db.DataDirError, match="owned by"):
         Runtime(Settings(home=home), embedder=FakeHashEmbedder())
 

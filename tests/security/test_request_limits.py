@@ -19,7 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import func, select as sql_select
+from sqlalchemy import func
+from sqlalchemy import select as sql_select
 
 from context_server.errors import SpecError
 from context_server.keys import ADMIN as ADMIN_CALLER
@@ -217,7 +218,9 @@ def roomy(tmp_path: Path) -> Iterator[EdgeOrg]:
         yield o
 
 
-@pytest.mark.parametrize(("path", "body"), CAPPED, ids=[f"{p}:{i}" for i, (p, _) in enumerate(CAPPED)])
+@pytest.mark.parametrize(
+    ("path", "body"), CAPPED, ids=[f"{p}:{i}" for i, (p, _) in enumerate(CAPPED)]
+)
 def test_every_field_is_capped(roomy: EdgeOrg, path: str, body: dict[str, Any]) -> None:
     r = roomy.client.post(path, json=body, headers=ADMIN)
     assert r.status_code == 422, r.text[:500]
