@@ -8,7 +8,6 @@ decides as its user, the admin token names one with ``as``. Agent keys never dec
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
@@ -19,6 +18,7 @@ from context_server.api.schemas import (
     KEY_RESPONSES,
     Artifact,
     Comment,
+    Moment,
     PrincipalText,
     RunInput,
     check_artifact,
@@ -162,7 +162,7 @@ class Approval(Decision):
 
 
 class Deferral(Decision):
-    until: datetime | None = None
+    until: Moment | None = None
 
 
 class Edit(Decision):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -27,6 +26,7 @@ from context_server.api.schemas import (
     KeyInfo,
     KeyList,
     Label,
+    Moment,
     Name,
     PrincipalText,
     QueryText,
@@ -60,7 +60,7 @@ class Filters(BaseModel):
     sources: SourceNames | None = Field(
         default=None, description="Narrow to these of the agent's sources."
     )
-    updated_after: datetime | None = Field(
+    updated_after: Moment | None = Field(
         default=None, description="Only documents updated at or after this time."
     )
 

@@ -4,6 +4,7 @@ clients from it) and, as FastAPI response models, keep anything unlisted out of 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
@@ -40,6 +41,22 @@ QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS), Utf8
 Label = Annotated[str, Field(max_length=255), Utf8]
 Comment = Annotated[str, Field(max_length=10_000), Utf8]
 Artifact = Annotated[str, Field(min_length=1, max_length=MAX_ARTIFACT_CHARS), Utf8]
+
+
+def within_calendar(moment: datetime) -> datetime:
+    """A time every computation can handle: in UTC it stays within years 2..9998 (the
+    calendar's own edges overflow when converted or shifted)."""
+    try:
+        utc = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not 2 <= utc.year <= 9998:
+        raise ValueError("the time must lie between the years 2 and 9998")
+    return moment
+
+
+#: A time in a request (``updated_after``, ``until``).
+Moment = Annotated[datetime, AfterValidator(within_calendar)]
 #: At most this many sources may be named in one request.
 MAX_LIST = 100
 SourceNames = Annotated[list[Name], Field(max_length=MAX_LIST)]

@@ -160,3 +160,19 @@ def test_the_org_still_answers_after_the_fuzzing(org: EdgeOrg) -> None:
     body = {"agent": "helpdesk", "on_behalf_of": "user:alice", "query": "leave days"}
     r = org.client.post("/v1/context", json=body, headers=org.headers("user"))
     assert r.status_code in (200, 403), r.text  # the fuzzer may have replaced the principals
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_time_at_the_edge_of_the_calendar_is_a_422(org: EdgeOrg, moment: str) -> None:
+    admin = org.headers("admin")
+    r = org.client.get("/v1/audit", params={"since": moment}, headers=admin)
+    assert r.status_code == 422, r.text
+    body = {"agent": "helpdesk", "on_behalf_of": "user:alice", "query": "budget"}
+    r = org.client.post(
+        "/v1/context", json={**body, "filters": {"updated_after": moment}}, headers=admin
+    )
+    assert r.status_code == 422, r.text
+    r = org.client.post(
+        "/v1/reviews/x/defer", json={"as": "user:alice", "until": moment}, headers=admin
+    )
+    assert r.status_code == 422, r.text
