@@ -41,6 +41,7 @@ ANONYMOUS_MAX_AGE = 3600  # the login page's session, before anyone logged in
 #: The session fields naming who is logged in: a change of any is a new session id.
 IDENTITY = ("kind", "subject", "key_id", "auth", "issuer")
 PREFIX = "/ui"
+STATIC = "/ui/static/"  # the stylesheet needs no session (and no store round trip)
 KEY_REVOKED = "your key was revoked; log in with another one"
 
 
@@ -82,7 +83,8 @@ class ServerSessions:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] != "http" or not (path == PREFIX or path.startswith(PREFIX + "/")):
+        pages = path == PREFIX or path.startswith(PREFIX + "/")
+        if scope["type"] != "http" or not pages or path.startswith(STATIC):
             await self.app(scope, receive, send)
             return
         sent = self._cookie_value(scope)
