@@ -41,7 +41,10 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
             f"bad time {text!r}: an ISO date or time (2026-11-01, 2026-11-01T08:00:00Z) "
             "or a duration back from now (7d, 12h)"
         ) from None
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:  # an offset at the calendar's edge (0001-01-01T00:00+01:00)
+        raise SpecError(f"bad time {text!r}: outside the calendar") from None
 
 
 def event_json(event: AuditEvent) -> dict[str, object]:

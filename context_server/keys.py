@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from connectors.base import check_principal
 from context_server.errors import NotFoundError, SpecError
-from context_server.store.models import ApiKey, as_utc
+from context_server.store.models import ApiKey, WebSession, as_utc
 
 PREFIX = "csk"
 KeyKind = Literal["agent", "user"]
@@ -96,8 +96,19 @@ def revoke_key(session: Session, key_id: str) -> dict[str, Any]:
         raise NotFoundError(f"no key with id {key_id!r} (`keys list` shows them)")
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
+        # its web sessions end with it (the pages also re-check the key on every request)
+        revoke_key_sessions(session, key_id, row.revoked_at)
         session.commit()
     return key_json(row)
+
+
+def revoke_key_sessions(session: Session, key_id: str, at: datetime) -> None:
+    """End the web sessions logged in with ``key_id`` (the caller commits)."""
+    session.execute(
+        update(WebSession)
+        .where(WebSession.key_id == key_id, WebSession.revoked_at.is_(None))
+        .values(revoked_at=at)
+    )
 
 
 def authenticate(session: Session, token: str) -> Caller | None:

@@ -36,10 +36,20 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from connectors.errors import ConnectorError
-from context_server import __version__
+from context_server import __version__, deadline
 from context_server.agents import MAX_BUDGET_TOKENS
 from context_server.api.deps import authenticate
-from context_server.api.schemas import ContextResponse, DocumentResponse
+from context_server.api.schemas import (
+    Artifact,
+    ContextResponse,
+    DocumentResponse,
+    Label,
+    Name,
+    PrincipalText,
+    QueryText,
+    SourceNames,
+    check_artifact,
+)
 from context_server.errors import (
     ConflictError,
     ContextServerError,
@@ -276,6 +286,7 @@ def submit_for_review(
         )
     if not content.strip():
         raise SpecError("the content is empty")
+    check_artifact(content, runtime.settings.max_artifact_chars)
     name = caller.subject
     agent = runtime.agents.get(name)
     if agent.spec.review is None:
@@ -331,12 +342,16 @@ def submit_for_review(
 
 # -- the server -------------------------------------------------------------------------
 
-Query = Annotated[str, Field(description="What the agent needs context for.", min_length=1)]
-OnBehalfOf = Annotated[str, Field(description="The user the agent acts for, e.g. user:alice.")]
+# Every argument is capped like the REST request models' fields (api.schemas).
+Query = Annotated[QueryText, Field(description="What the agent needs context for.")]
+OnBehalfOf = Annotated[
+    PrincipalText, Field(description="The user the agent acts for, e.g. user:alice.")
+]
 AgentArg = Annotated[
-    str | None,
+    Name | None,
     Field(description="The declared agent; defaults to the key's agent (user keys must name it)."),
 ]
+Id = Annotated[str, Field(max_length=255)]
 
 
 def build_server(runtime: Callable[[], Runtime]) -> MCPServer[Any]:
@@ -352,7 +367,7 @@ def build_server(runtime: Callable[[], Runtime]) -> MCPServer[Any]:
         on_behalf_of: OnBehalfOf,
         ctx: Context,
         sources: Annotated[
-            list[str] | None, Field(description="Narrow to these of the agent's sources.")
+            SourceNames | None, Field(description="Narrow to these of the agent's sources.")
         ] = None,
         budget_tokens: Annotated[
             int | None, Field(ge=1, le=MAX_BUDGET_TOKENS, description="Token budget.")
@@ -364,16 +379,18 @@ def build_server(runtime: Callable[[], Runtime]) -> MCPServer[Any]:
         try:
             caller = _caller(ctx)
             filters = ContextFilters(sources=tuple(sources)) if sources is not None else None
-            bundle = ContextRouter(runtime()).route(
-                caller, _agent_for(caller, agent), on_behalf_of, query, budget_tokens, filters
-            )
+            router = ContextRouter(runtime())
+            with deadline.within(router.runtime.settings.context_deadline_seconds):
+                bundle = router.route(
+                    caller, _agent_for(caller, agent), on_behalf_of, query, budget_tokens, filters
+                )
         except REPORTED as exc:
             return _error(exc)
         return _result(bundle, render_bundle(bundle))
 
     @mcp.tool(title="Read a cited document")
     def get_document(
-        document_id: Annotated[str, Field(description="A citation's document_id.")],
+        document_id: Annotated[Id, Field(description="A citation's document_id.")],
         on_behalf_of: OnBehalfOf,
         ctx: Context,
         agent: AgentArg = None,
@@ -390,10 +407,10 @@ def build_server(runtime: Callable[[], Runtime]) -> MCPServer[Any]:
         return _result(document, render_document(document))
 
     def submit(
-        bundle_id: Annotated[str, Field(description="The bundle the work was made from.")],
-        content: Annotated[str, Field(description="The artifact (markdown or text).")],
+        bundle_id: Annotated[Id, Field(description="The bundle the work was made from.")],
+        content: Annotated[Artifact, Field(description="The artifact (markdown or text).")],
         ctx: Context,
-        title: Annotated[str | None, Field(description="A short title.")] = None,
+        title: Annotated[Label | None, Field(description="A short title.")] = None,
     ) -> Annotated[CallToolResult, SubmitResponse]:
         """Hand in what the agent made from a bundle: it waits in the review queue for the
         agent's approvers and ships only after approval. Agent keys only; once per bundle."""
@@ -409,7 +426,7 @@ def build_server(runtime: Callable[[], Runtime]) -> MCPServer[Any]:
 
     @mcp.tool(title="Read a review of the agent's work")
     def get_review(
-        review_id: Annotated[str, Field(description="What submit_for_review returned.")],
+        review_id: Annotated[Id, Field(description="What submit_for_review returned.")],
         ctx: Context,
     ) -> Annotated[CallToolResult, ReviewResponse]:
         """The state of one of the agent's reviews, its current revision, and the reviewers'

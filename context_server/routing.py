@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connectors.base import Acl, check_principal
+from context_server import deadline
 from context_server.agents import MAX_BUDGET_TOKENS, Agent, spec_json
 from context_server.errors import ForbiddenError, NotFoundError, SpecError
 from context_server.keys import Caller
@@ -193,6 +194,11 @@ class ContextRouter:
     ) -> dict[str, Any]:
         if not query.strip():
             raise SpecError("the query is empty")
+        limit = self.runtime.settings.max_query_chars
+        if len(query) > limit:  # refused before it is embedded, stored or audited
+            raise SpecError(
+                f"the query has {len(query)} characters; at most {limit} (max_query_chars)"
+            )
         if budget_tokens is not None and not 1 <= budget_tokens <= MAX_BUDGET_TOKENS:
             raise SpecError(f"budget_tokens must be between 1 and {MAX_BUDGET_TOKENS}")
         try:
@@ -201,10 +207,13 @@ class ContextRouter:
             self._audit_refusal(caller, "context", agent_name, on_behalf_of, query, exc)
             raise
         budget = budget_tokens or scope.agent.spec.budget_tokens
+        deadline.check("the search")
         hits = self.runtime.search_hits(query, scope.access(), CANDIDATES) if scope.sources else []
+        deadline.check("packing")
         with self.runtime.sessions() as session:
             candidates = self._candidates(session, scope, hits)
             kept, duplicates = pack(candidates, budget)
+            deadline.check("storing the bundle")
             bundle = self._store_bundle(session, caller, scope, query, budget, kept)
             session.add(
                 AuditEvent(
@@ -382,7 +391,11 @@ class ContextRouter:
                 raise ForbiddenError(
                     f"this key belongs to {caller.subject}; it may not read for {on_behalf_of}"
                 )
-            principals = self.runtime.directory.principals_for(check_principal(on_behalf_of))
+            try:
+                check_principal(on_behalf_of)
+            except ValueError as exc:  # a malformed principal is bad input (422)
+                raise SpecError(str(exc)) from exc
+            principals = self.runtime.directory.principals_for(on_behalf_of)
 
             def readable(acl: Acl) -> bool:
                 return acl.grants(principals)

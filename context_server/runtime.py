@@ -30,7 +30,7 @@ from context_server.results import SearchResult, SourceInfo, SyncResult, run_jso
 from context_server.schedules import Due, Scheduler, next_run
 from context_server.settings import Settings
 from context_server.specs import PrincipalsSpec, SourceSpec, resolve_paths
-from context_server.store.db import make_engine, migrate, session_factory
+from context_server.store.db import make_engine, migrate, secure_data_dir, session_factory
 from context_server.store.models import (
     Chunk,
     Document,
@@ -74,8 +74,8 @@ class Runtime:
         parsers: ParserPool | None = None,
     ) -> None:
         self.settings = settings
-        if settings.database_url is None:
-            settings.home.mkdir(parents=True, exist_ok=True)
+        if settings.database_url is None or settings.qdrant_url is None:
+            secure_data_dir(settings.home)  # 0700, its files 0600; refuses another's
         self.engine = make_engine(settings.sqlalchemy_url)
         migrate(self.engine)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)

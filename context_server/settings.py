@@ -11,6 +11,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Ceilings of the request models (documented in the OpenAPI schema); the settings of the
+#: same names may lower them, never raise them.
+MAX_QUERY_CHARS = 4096
+MAX_ARTIFACT_CHARS = 1_000_000
+
 
 class Settings(BaseSettings):
     """Embedded by default (SQLite + in-process Qdrant under ``home``); URLs scale it out."""
@@ -145,11 +150,38 @@ class Settings(BaseSettings):
         le=1_000_000_000,
         description="Most `for` loop iterations (all loops together) one rendering may do.",
     )
+    max_request_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest request body accepted, in bytes (413 above it), checked by "
+        "Content-Length and while a body streams in, before anything parses it.",
+    )
+    max_query_chars: int = Field(
+        default=MAX_QUERY_CHARS,
+        ge=1,
+        le=MAX_QUERY_CHARS,
+        description="Longest query a context request may carry (422 above it; whatever "
+        "sent it: the API, MCP, an agent run's query template).",
+    )
+    max_artifact_chars: int = Field(
+        default=200_000,
+        ge=1,
+        le=MAX_ARTIFACT_CHARS,
+        description="Longest artifact (a reviewer's edit, an external agent's submission).",
+    )
+    context_deadline_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description="How long a context request may take; past it, it stops between stages "
+        "with 503 and stores nothing.",
+    )
 
     session_secret: SecretStr | None = Field(
         default=None,
-        description="Key signing the web pages' session cookies. Unset: a random key per "
-        "process (a restart logs everyone out; several API processes need one shared key).",
+        description="No longer used: web sessions are held on the server and the cookie is "
+        "a random id. Accepted so that existing configurations keep working.",
     )
     oidc_issuer: str | None = Field(
         default=None,

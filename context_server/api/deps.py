@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from context_server.api.limits import BAD_KEY, CALLER_KEY, MISSING_KEY
 from context_server.audit import note_caller
 from context_server.keys import ADMIN, Caller
 from context_server.routing import ContextRouter
@@ -40,12 +41,16 @@ def get_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The admin token `serve` writes into the data dir, or an API key."""
+    """The admin token `serve` writes into the data dir, or an API key. The edge
+    (``limits.RequestLimits``) has usually looked the key up already, before the body was
+    read: its caller is reused rather than looked up again."""
+    stashed = request.scope.get(CALLER_KEY)
+    if isinstance(stashed, Caller):
+        return stashed
     if credentials is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "missing bearer key: send `Authorization: Bearer <key>` "
-            "(create one with `context-server keys create`)",
+            MISSING_KEY,
             headers={"WWW-Authenticate": "Bearer"},
         )
     caller = authenticate(
@@ -54,7 +59,7 @@ def get_caller(
     if caller is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "unknown or revoked key",
+            BAD_KEY,
             headers={"WWW-Authenticate": "Bearer"},
         )
     return caller

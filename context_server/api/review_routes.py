@@ -8,13 +8,21 @@ decides as its user, the admin token names one with ``as``. Agent keys never dec
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from context_server.api.deps import CallerDep, RuntimeDep
+from context_server.api.schemas import (
+    KEY_RESPONSES,
+    Artifact,
+    Comment,
+    Moment,
+    PrincipalText,
+    RunInput,
+    check_artifact,
+)
 from context_server.durations import parse_duration
 from context_server.errors import ForbiddenError, NotFoundError, SpecError
 from context_server.keys import Caller
@@ -22,7 +30,7 @@ from context_server.review import ReviewDesk
 from context_server.runs import RUN_STATES, RunQueue, manual_run
 from context_server.viewer import Viewer, Views
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=KEY_RESPONSES)
 
 
 def get_desk(runtime: RuntimeDep) -> ReviewDesk:
@@ -37,10 +45,14 @@ DeskDep = Annotated[ReviewDesk, Depends(get_desk)]
 
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    on_behalf_of: str | None = Field(
+    on_behalf_of: PrincipalText | None = Field(
         default=None, description="The user the run acts for (default: the agent's owner)."
     )
-    input: dict[str, Any] = Field(default_factory=dict, description="Fills the query template.")
+    input: RunInput = Field(
+        default_factory=dict,
+        description="Fills the query template: at most 50 named values (text, numbers, "
+        "lists of text).",
+    )
 
 
 @router.post("/agents/{name}/runs")
@@ -94,7 +106,9 @@ def list_reviews(
     caller: CallerDep,
     state: str | None = None,
     agent: str | None = None,
-    older_than: Annotated[str | None, Query(description="e.g. 2d: created before then")] = None,
+    older_than: Annotated[
+        str | None, Query(max_length=32, description="e.g. 2d: created before then")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     age = parse_duration(older_than) if older_than else None
@@ -118,12 +132,12 @@ def show_review(review_id: str, desk: DeskDep, caller: CallerDep) -> Any:
 
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    as_: str | None = Field(
+    as_: PrincipalText | None = Field(
         default=None,
         alias="as",
         description="The deciding user; required with the admin token, implied by a user key.",
     )
-    comment: str = ""
+    comment: Comment = ""
 
 
 class Approval(Decision):
@@ -133,11 +147,14 @@ class Approval(Decision):
 
 
 class Deferral(Decision):
-    until: datetime | None = None
+    until: Moment | None = None
 
 
 class Edit(Decision):
-    content: str = Field(min_length=1, description="The artifact's new text (markdown).")
+    content: Artifact = Field(
+        description="The artifact's new text (markdown); CONTEXT_SERVER_MAX_ARTIFACT_CHARS "
+        "may lower the limit."
+    )
 
 
 def _actor(caller: Caller, body: Decision) -> str:
@@ -196,6 +213,7 @@ def defer(review_id: str, body: Deferral, desk: DeskDep, caller: CallerDep) -> A
 
 @router.post("/reviews/{review_id}/edit")
 def edit(review_id: str, body: Edit, desk: DeskDep, caller: CallerDep) -> Any:
+    check_artifact(body.content, desk.runtime.settings.max_artifact_chars)
     desk.edit(
         review_id, _actor(caller, body), content=body.content, comment=body.comment, caller=caller
     )

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from context_server import deadline
 from context_server.agents import MAX_BUDGET_TOKENS
 from context_server.api.deps import AdminDep, CallerDep, RouterDep, RuntimeDep
 from context_server.api.schemas import (
+    ADMIN_RESPONSES,
+    KEY_RESPONSES,
+    MAX_LIST,
+    NDJSON,
     BundleResponse,
     CheckResponse,
     ContextResponse,
@@ -21,6 +25,12 @@ from context_server.api.schemas import (
     DocumentResponse,
     KeyInfo,
     KeyList,
+    Label,
+    Moment,
+    Name,
+    PrincipalText,
+    QueryText,
+    SourceNames,
 )
 from context_server.audit import parse_time
 from context_server.routing import ContextFilters
@@ -28,8 +38,13 @@ from context_server.runtime import SearchMode
 from context_server.specs import PrincipalsSpec, SourceSpec
 
 public = APIRouter()
-v1 = APIRouter(prefix="/v1", dependencies=[])  # every route takes a caller (a key)
-admin = APIRouter(prefix="/v1", dependencies=[AdminDep])
+v1 = APIRouter(prefix="/v1", responses=KEY_RESPONSES)  # every route takes a caller (a key)
+admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=ADMIN_RESPONSES)
+
+#: An id or name in a path or query (ids are UUIDs or hex; names are at most 100).
+Ident = Annotated[str, Path(max_length=255)]
+QueryName = Annotated[str | None, Query(max_length=100)]
+QueryPrincipal = Annotated[str | None, Query(max_length=255)]
 
 
 @public.get("/healthz")
@@ -42,19 +57,22 @@ def healthz() -> dict[str, str]:
 
 class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sources: list[str] | None = Field(
+    sources: SourceNames | None = Field(
         default=None, description="Narrow to these of the agent's sources."
     )
-    updated_after: datetime | None = Field(
+    updated_after: Moment | None = Field(
         default=None, description="Only documents updated at or after this time."
     )
 
 
 class ContextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    agent: str = Field(description="The declared agent whose profile routes the request.")
-    on_behalf_of: str = Field(description="The user the agent acts for, e.g. user:alice.")
-    query: str = Field(min_length=1)
+    agent: Name = Field(description="The declared agent whose profile routes the request.")
+    on_behalf_of: PrincipalText = Field(description="The user the agent acts for, e.g. user:alice.")
+    query: QueryText = Field(
+        description="What the agent needs context for (CONTEXT_SERVER_MAX_QUERY_CHARS may "
+        "lower the limit)."
+    )
     budget_tokens: int | None = Field(default=None, ge=1, le=MAX_BUDGET_TOKENS)
     filters: Filters | None = None
 
@@ -65,21 +83,28 @@ AsUser = Annotated[
 ]
 
 
-@v1.post("/context", response_model=ContextResponse)
+@v1.post(
+    "/context",
+    response_model=ContextResponse,
+    responses={503: {"description": "The request passed its deadline and was stopped."}},
+)
 def context(body: ContextRequest, caller: CallerDep, router: RouterDep) -> dict[str, Any]:
-    """Cited items for one agent run, packed into the token budget, stored as a bundle."""
+    """Cited items for one agent run, packed into the token budget, stored as a bundle.
+    The request must finish within CONTEXT_SERVER_CONTEXT_DEADLINE_SECONDS: past it, it
+    stops with 503 and stores nothing."""
     filters = None
     if body.filters is not None:
         sources = tuple(body.filters.sources) if body.filters.sources is not None else None
         filters = ContextFilters(sources=sources, updated_after=body.filters.updated_after)
-    return router.route(
-        caller, body.agent, body.on_behalf_of, body.query, body.budget_tokens, filters
-    )
+    with deadline.within(router.runtime.settings.context_deadline_seconds):
+        return router.route(
+            caller, body.agent, body.on_behalf_of, body.query, body.budget_tokens, filters
+        )
 
 
 @v1.get("/bundles/{bundle_id}", response_model=BundleResponse)
 def get_bundle(
-    bundle_id: str, caller: CallerDep, router: RouterDep, as_: AsUser = None
+    bundle_id: Ident, caller: CallerDep, router: RouterDep, as_: AsUser = None
 ) -> dict[str, Any]:
     """A stored bundle: the items and versions served, principals, profile version; items
     the caller may no longer read are left out (``withheld_items`` counts them)."""
@@ -88,7 +113,7 @@ def get_bundle(
 
 @v1.get("/bundles/{bundle_id}/check", response_model=CheckResponse)
 def check_bundle(
-    bundle_id: str, caller: CallerDep, router: RouterDep, as_: AsUser = None
+    bundle_id: Ident, caller: CallerDep, router: RouterDep, as_: AsUser = None
 ) -> dict[str, Any]:
     """Per item: unchanged, changed, deleted, or access_revoked since it was served."""
     return router.check(caller, bundle_id, as_)
@@ -96,11 +121,11 @@ def check_bundle(
 
 @v1.get("/documents/{document_id}", response_model=DocumentResponse)
 def get_document(
-    document_id: str,
+    document_id: Ident,
     caller: CallerDep,
     router: RouterDep,
-    agent: str | None = None,
-    on_behalf_of: str | None = None,
+    agent: QueryName = None,
+    on_behalf_of: QueryPrincipal = None,
 ) -> dict[str, Any]:
     """A document and its chunks, scoped like context: 404 when not readable."""
     return router.document(caller, document_id, agent, on_behalf_of)
@@ -122,14 +147,14 @@ def add_source(spec: SourceSpec, runtime: RuntimeDep) -> dict[str, Any]:
 
 
 @admin.get("/sources/{name}/failures")
-def source_failures(name: str, runtime: RuntimeDep) -> dict[str, Any]:
+def source_failures(name: Ident, runtime: RuntimeDep) -> dict[str, Any]:
     """Documents the source's last sync could not ingest, with reasons."""
     return {"source": name, "failures": runtime.failures(name)}
 
 
 class SyncRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source: str | None = Field(default=None, description="One source; all when omitted.")
+    source: Name | None = Field(default=None, description="One source; all when omitted.")
 
 
 @admin.post("/sync")
@@ -143,16 +168,16 @@ def load_principals(spec: PrincipalsSpec, runtime: RuntimeDep) -> dict[str, int]
 
 
 @admin.get("/principals/{principal}")
-def principal_closure(principal: str, runtime: RuntimeDep) -> dict[str, Any]:
+def principal_closure(principal: Ident, runtime: RuntimeDep) -> dict[str, Any]:
     return {"principal": principal, "principals": sorted(runtime.principals_for(principal))}
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    query: str = Field(min_length=1)
-    as_: str = Field(alias="as", description="The principal searching, e.g. user:alice.")
-    k: int = Field(default=10, ge=1, le=100)
-    sources: list[str] | None = None
+    query: QueryText
+    as_: PrincipalText = Field(alias="as", description="The principal searching, e.g. user:alice.")
+    k: int = Field(default=10, ge=1, le=MAX_LIST)
+    sources: SourceNames | None = None
     mode: SearchMode = Field(default="hybrid", description="dense, keyword or hybrid.")
 
 
@@ -170,9 +195,9 @@ def list_agents(runtime: RuntimeDep) -> dict[str, Any]:
 
 class KeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    agent: str | None = Field(default=None, description="The agent the key acts as.")
-    user: str | None = Field(default=None, description="The user the key acts for.")
-    label: str = Field(default="", max_length=255)
+    agent: Name | None = Field(default=None, description="The agent the key acts as.")
+    user: PrincipalText | None = Field(default=None, description="The user the key acts for.")
+    label: Label = ""
 
     @model_validator(mode="after")
     def _one(self) -> KeyRequest:
@@ -196,15 +221,23 @@ def list_keys(runtime: RuntimeDep) -> dict[str, Any]:
 
 
 @admin.delete("/keys/{key_id}", response_model=KeyInfo)
-def revoke_key(key_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+def revoke_key(key_id: Ident, runtime: RuntimeDep) -> dict[str, Any]:
     return runtime.revoke_key(key_id)
 
 
-@admin.get("/audit")
+@admin.get(
+    "/audit",
+    response_class=StreamingResponse,
+    responses={200: {"description": "One audit event per line, oldest first.", **NDJSON}},
+)
 def audit_export(
     runtime: RuntimeDep,
-    since: str | None = Query(default=None, description="ISO time, or a duration like 7d."),
-    until: str | None = Query(default=None, description="ISO time, or a duration like 1h."),
+    since: str | None = Query(
+        default=None, max_length=64, description="ISO time, or a duration like 7d."
+    ),
+    until: str | None = Query(
+        default=None, max_length=64, description="ISO time, or a duration like 1h."
+    ),
 ) -> StreamingResponse:
     """Audit events as JSON lines, oldest first."""
     start = parse_time(since) if since else None

@@ -1,7 +1,19 @@
-"""Engine, migrations and sessions: one URL picks SQLite (embedded) or PostgreSQL."""
+"""Engine, migrations and sessions: one URL picks SQLite (embedded) or PostgreSQL; and the
+data dir that holds the embedded store and index, kept private.
+
+The data dir holds every document's text, the key hashes and the audit log: it is made
+``0700``, and the SQLite file ``0600`` before SQLite opens it (SQLite gives its ``-wal``
+and ``-shm`` files the database file's mode). At start, ``secure_data_dir`` tightens a
+looser dir or file with a logged warning, and refuses (``DataDirError``) a data dir that is
+not a folder or is owned by another user: tightening someone else's folder would fail, and
+trusting it would hand them our data.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +22,79 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from context_server.errors import ContextServerError
+
+log = logging.getLogger(__name__)
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+#: Files the server makes in the data dir, kept 0600.
+PRIVATE_FILES = (
+    "store.sqlite3",
+    "store.sqlite3-wal",
+    "store.sqlite3-shm",
+    "store.sqlite3-journal",
+    "server.json",
+)
+#: Folders the server makes in the data dir, kept 0700.
+PRIVATE_DIRS = ("index",)
+
+
+class DataDirError(ContextServerError):
+    """The data dir cannot be made private: not a folder, or another user's."""
+
+
+def _tighten(path: Path, private: int) -> None:
+    """``path`` (ours) to ``private`` if it allows more, with a warning saying so."""
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        return  # a link's target is not ours to judge; the data dir's mode guards it
+    if info.st_uid != os.geteuid():
+        raise DataDirError(
+            f"{path} is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()}); "
+            "the server refuses to keep its data there: give it to this user or choose "
+            "another CONTEXT_SERVER_HOME"
+        )
+    current = stat.S_IMODE(info.st_mode)
+    if current & ~private:
+        log.warning(
+            "%s was readable by others (mode %s); tightened to %s", path, oct(current), oct(private)
+        )
+        path.chmod(private)
+
+
+def secure_data_dir(home: Path) -> None:
+    """Create the data dir ``0700`` (or check it), its folders ``0700`` and its files
+    ``0600``; ``DataDirError`` when it is not a folder or belongs to another user."""
+    if home.exists() and not home.is_dir():
+        raise DataDirError(f"the data dir {home} is not a folder (CONTEXT_SERVER_HOME)")
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise DataDirError(f"cannot create the data dir {home}: {exc}") from exc
+    _tighten(home, 0o700)
+    for name in PRIVATE_DIRS:
+        folder = home / name
+        if not folder.exists():
+            folder.mkdir(mode=0o700)
+        _tighten(folder, 0o700)
+    for name in PRIVATE_FILES:
+        if (home / name).exists():
+            _tighten(home / name, 0o600)
+
+
+def _create_private(path: Path) -> None:
+    """The SQLite file, created ``0600`` before SQLite would create it ``0644``."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
 
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(path))
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")

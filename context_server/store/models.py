@@ -395,3 +395,19 @@ class ReviewEvent(Base):
     revision: Mapped[int]
     comment: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+
+
+class WebSession(Base):
+    """A browser's login to the web pages, held on the server: the cookie carries only a
+    random id, and ``id`` is its SHA-256 (a copy of the store opens no session). Logging
+    out, revoking ``key_id`` or passing ``expires_at`` ends it for every copy of the cookie.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[dict[str, Any]]  # the pages' session: who, the CSRF token, flash messages
+    key_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None]

@@ -1,4 +1,4 @@
-"""Who is looking at a page: login with an API key or by OIDC, the signed session, CSRF tokens.
+"""Who is looking at a page: login with an API key or by OIDC, the session, CSRF tokens.
 
 The session never holds the key itself: it holds the key's id, kind and subject, and every
 request checks again that the key still exists and is not revoked (so revoking a key logs

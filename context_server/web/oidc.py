@@ -1,7 +1,7 @@
 """Single sign-on for the web pages: OpenID Connect's authorization-code flow with PKCE.
 
 ``/ui/login/oidc`` sends the browser to the provider's authorization endpoint with a fresh
-``state``, ``nonce`` and S256 code challenge, whose secrets wait in the signed session
+``state``, ``nonce`` and S256 code challenge, whose secrets wait in the server-side session
 (``Pending``). The provider sends the browser back to ``/ui/login/oidc/callback`` with a
 code; ``OidcClient.finish`` checks the state (the callback's CSRF protection, usable once),
 exchanges the code at the token endpoint (client secret + code verifier) and verifies the ID
@@ -45,7 +45,7 @@ class OidcError(Exception):
 
 @dataclass(frozen=True)
 class Pending:
-    """A login sent to the provider and not back yet: kept in the signed session."""
+    """A login sent to the provider and not back yet: kept in the server-side session."""
 
     state: str
     nonce: str

@@ -23,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from context_server.api.review_routes import review_visible
+from context_server.api.schemas import check_artifact
 from context_server.audit import event_json, parse_time
 from context_server.durations import parse_duration
 from context_server.errors import (
@@ -33,6 +34,7 @@ from context_server.errors import (
     SpecError,
 )
 from context_server.review import REVIEW_STATES, ReviewDesk
+from context_server.settings import MAX_ARTIFACT_CHARS
 from context_server.store.models import AuditEvent
 from context_server.viewer import Viewer as Looker
 from context_server.web.auth import (
@@ -59,7 +61,10 @@ templates = Jinja2Templates(directory=HERE / "templates")
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 ViewerDep = Annotated[Viewer, Depends(current_viewer)]
-CsrfField = Annotated[str | None, Form(alias="csrf")]
+CsrfField = Annotated[str | None, Form(alias="csrf", max_length=100)]
+# Form and filter fields are capped like the API's request fields (api.schemas).
+Filter = Annotated[str, Query(max_length=255)]
+NextPage = Annotated[str, Query(max_length=2000)]
 
 STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (NotFoundError, 404),
@@ -117,7 +122,7 @@ def home() -> RedirectResponse:
 
 
 @router.get("/login", name="login_page")
-def login_page(request: Request, next: str = "/ui/reviews") -> Response:
+def login_page(request: Request, next: NextPage = "/ui/reviews") -> Response:
     return _login_form(request, next)
 
 
@@ -132,8 +137,8 @@ def _login_form(request: Request, next: str, status: int = 200) -> Response:
 def login(
     request: Request,
     csrf: CsrfField = None,
-    key: Annotated[str, Form()] = "",
-    next: Annotated[str, Form()] = "/ui/reviews",
+    key: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/ui/reviews",
 ) -> Response:
     try:
         check_csrf(request, csrf)
@@ -168,7 +173,7 @@ def _sso_refused(request: Request, reason: str, next: str) -> Response:
 
 
 @router.get("/login/oidc", name="oidc_login")
-def oidc_login(request: Request, next: str = "/ui/reviews") -> Response:
+def oidc_login(request: Request, next: NextPage = "/ui/reviews") -> Response:
     """Send the browser to the provider, remembering state, nonce and PKCE verifier."""
     client = oidc_client(request)
     if client is None:
@@ -230,9 +235,9 @@ def _safe_next(target: str) -> str:
 def review_queue(
     request: Request,
     viewer: ViewerDep,
-    state: str = "",
-    agent: str = "",
-    older_than: str = "",
+    state: Filter = "",
+    agent: Filter = "",
+    older_than: Filter = "",
 ) -> Response:
     desk = ReviewDesk(runtime_of(request))
     filters = {"state": state, "agent": agent, "older_than": older_than}
@@ -328,10 +333,10 @@ def review_action(
     action: str,
     viewer: ViewerDep,
     csrf: CsrfField = None,
-    as_user: Annotated[str, Form(alias="as")] = "",
-    comment: Annotated[str, Form()] = "",
-    content: Annotated[str, Form()] = "",
-    override_stale: Annotated[str, Form()] = "",
+    as_user: Annotated[str, Form(alias="as", max_length=255)] = "",
+    comment: Annotated[str, Form(max_length=10_000)] = "",
+    content: Annotated[str, Form(max_length=MAX_ARTIFACT_CHARS)] = "",
+    override_stale: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
     try:
         check_csrf(request, csrf)
@@ -341,6 +346,8 @@ def review_action(
         return error_page(request, viewer, 404, f"no review action {action!r}")
     desk = ReviewDesk(runtime_of(request))
     try:
+        if action == "edit":
+            check_artifact(content, runtime_of(request).settings.max_artifact_chars)
         actor = _actor(viewer, as_user)
         done = _decide(desk, viewer, review_id, action, actor, comment, content, override_stale)
     except ContextServerError as exc:
@@ -401,7 +408,7 @@ def _decide(
 
 
 @router.get("/sources")
-def sources(request: Request, viewer: ViewerDep, reason: str = "") -> Response:
+def sources(request: Request, viewer: ViewerDep, reason: Filter = "") -> Response:
     """Health of every source; failures (which name documents) only for administrators."""
     runtime = runtime_of(request)
     rows = []
@@ -463,10 +470,10 @@ def _audit_query(action: str, outcome: str, caller: str, since: datetime | None)
 def audit(
     request: Request,
     viewer: ViewerDep,
-    action: str = "",
-    outcome: str = "",
-    caller: str = "",
-    since: str = "",
+    action: Filter = "",
+    outcome: Filter = "",
+    caller: Filter = "",
+    since: Filter = "",
     page_number: Annotated[int, Query(alias="page", ge=1)] = 1,
 ) -> Response:
     if not viewer.is_admin:
@@ -497,10 +504,10 @@ def audit(
 def audit_export(
     request: Request,
     viewer: ViewerDep,
-    action: str = "",
-    outcome: str = "",
-    caller: str = "",
-    since: str = "",
+    action: Filter = "",
+    outcome: Filter = "",
+    caller: Filter = "",
+    since: Filter = "",
 ) -> Response:
     """The filtered events, oldest first, as JSON lines (a file download)."""
     if not viewer.is_admin:
