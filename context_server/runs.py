@@ -63,40 +63,6 @@ def _iso(value: datetime | None) -> str | None:
     return as_utc(value).isoformat() if value else None
 
 
-def run_json(run: AgentRun, *, full: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "run_id": run.id,
-        "agent": run.agent,
-        "agent_version": run.agent_version,
-        "state": run.state,
-        "trigger_kind": run.trigger_kind,
-        "trigger_key": run.trigger_key,
-        "on_behalf_of": run.on_behalf_of,
-        "requested_by": run.requested_by,
-        "attempts": run.attempts,
-        "max_attempts": run.max_attempts,
-        "bundle_id": run.bundle_id,
-        "error": run.error,
-        "cancel_requested": run.cancel_requested,
-        "created_at": _iso(run.created_at),
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
-        "available_at": _iso(run.available_at),
-        "lease_owner": run.lease_owner,
-        "lease_expires_at": _iso(run.lease_expires_at),
-    }
-    if full:
-        out.update(
-            trigger=run.trigger,
-            input=run.input,
-            query=run.query,
-            harness_input=run.harness_input,
-            harness_output=run.harness_output,
-            history=run.history,
-        )
-    return out
-
-
 class RunQueue:
     def __init__(self, sessions: sessionmaker[Session], clock: Clock = _now) -> None:
         self.sessions = sessions
@@ -318,24 +284,8 @@ class RunQueue:
                     f"run {run_id} is {run.state}; only queued or running runs cancel"
                 )
             session.commit()
-            return run_json(run)
-
-    def get(self, run_id: str) -> dict[str, Any]:
-        with self.sessions() as session:
-            return run_json(self._get(session, run_id), full=True)
-
-    def list_runs(
-        self, state: str | None = None, agent: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        if state is not None and state not in RUN_STATES:
-            raise SpecError(f"unknown run state {state!r}; known: {', '.join(RUN_STATES)}")
-        query = select(AgentRun).order_by(AgentRun.created_at.desc()).limit(limit)
-        if state is not None:
-            query = query.where(AgentRun.state == state)
-        if agent is not None:
-            query = query.where(AgentRun.agent == agent)
-        with self.sessions() as session:
-            return [run_json(r) for r in session.scalars(query)]
+            # What a cancel tells: nothing derived from what the run read (views show the rest).
+            return {"run_id": run.id, "state": run.state, "cancel_requested": True}
 
     def pending(self) -> int:
         """Runs not finished (queued, or running somewhere)."""
@@ -402,5 +352,6 @@ def readable_target(runtime: Any, scope: Scope, document_id: str) -> Document:
             document, source = row
             if source in scope.sources and scope.can_read(Acl.model_validate(document.acl)):
                 session.expunge(document)
-                return document
+                found: Document = document
+                return found
     raise NotFoundError(f"no document {document_id!r} readable here")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,13 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fakes.uvicorn_server import free_port
+
 BIN = Path(sys.executable).parent / "context-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -245,7 +240,10 @@ def test_agents_keys_context_bundles_and_audit_through_a_server(
         ("context", "allowed", "agent:helpdesk"),
         ("context", "denied", "agent:helpdesk"),
         ("context", "allowed", "admin"),
+        ("bundle", "allowed", "admin"),
+        ("bundle_check", "allowed", "admin"),
         ("document", "allowed", "admin"),
+        ("context", "unauthenticated", "unauthenticated"),  # the revoked key's request
     ]
 
 

@@ -7,12 +7,9 @@ that MCP answers exactly as REST does and refuses what REST refuses."""
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,6 @@ import anyio
 import httpx
 import httpx2
 import pytest
-import uvicorn
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
@@ -36,6 +32,7 @@ from context_server.review import ReviewDesk
 from context_server.runtime import Runtime
 from context_server.settings import Settings
 from indexing.embed import FakeHashEmbedder
+from tests.fakes.uvicorn_server import serving as serve_app
 from tests.integration.test_context_api import AGENTS, FILES, PRINCIPALS, RULES
 from tests.integration.test_context_properties import PROPERTY_SETTINGS, SCRATCH
 from tests.orgs import org_settings, seed, write_files
@@ -49,13 +46,6 @@ REVIEWED = {
     "serves": ["group:everyone"],
     "review": {"approvers": ["group:finance"], "required": 1},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -122,22 +112,9 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-@contextmanager
-def serving(settings: Settings, runtime: Runtime) -> Iterator[str]:
-    """uvicorn in a thread on a free port, stopped on exit."""
-    port = free_port()
-    app = create_app(settings, runtime=runtime, admin_token=ADMIN_TOKEN)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+def serving(settings: Settings, runtime: Runtime) -> AbstractContextManager[str]:
+    """The app over ``runtime`` served by uvicorn on a free port, stopped on exit."""
+    return serve_app(create_app(settings, runtime=runtime, admin_token=ADMIN_TOKEN))
 
 
 @pytest.fixture

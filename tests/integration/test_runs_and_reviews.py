@@ -24,6 +24,7 @@ from context_server.runs import RunQueue
 from context_server.runtime import Runtime
 from context_server.settings import Settings
 from context_server.store.models import AgentRun, AuditEvent
+from context_server.viewer import Viewer, Views
 from context_server.worker import Worker
 from indexing.embed import FakeHashEmbedder
 from tests.fakes.openai_server import FakeOpenAI
@@ -341,7 +342,7 @@ def test_a_scheduled_agent_runs_once_per_slot(org: Org) -> None:
     assert worker.enqueue_scheduled() == []
     other = Worker(org.runtime, clock=lambda: now[0])  # a second worker: no duplicate
     assert other.enqueue_scheduled() == []
-    (run,) = RunQueue(org.runtime.sessions).list_runs(agent="digest")
+    (run,) = Views(org.runtime).list_runs(Viewer.admin(), agent="digest")
     assert run["trigger_key"] == "schedule:2026-11-24T11:00:00+00:00"
 
 
@@ -360,7 +361,7 @@ def test_a_run_whose_worker_stops_renewing_is_taken_over_once(org: Org) -> None:
     assert queue.release(run_id, "dead-worker", error="x", retryable=True) is None
     worker = Worker(org.runtime, worker_id="other")
     assert worker.process(run_id) == "succeeded"
-    run = queue.get(run_id)
+    run = Views(org.runtime).show_run(run_id, Viewer.admin())
     assert run["attempts"] == 2 and run["state"] == "succeeded"
     with org.runtime.sessions() as s:
         assert len(s.scalars(select(AgentRun)).all()) == 1
@@ -380,18 +381,18 @@ def test_failed_attempts_back_off_then_fail_and_permanent_errors_fail_at_once(or
     run_id = org.run("leave days")
     worker = Worker(org.runtime)
     assert worker.step()
-    run = RunQueue(org.runtime.sessions).get(run_id)
+    run = Views(org.runtime).show_run(run_id, Viewer.admin())
     assert run["state"] == "queued" and run["attempts"] == 1 and "overloaded" in run["error"]
     assert not worker.step()  # backing off
     later = Worker(org.runtime, clock=lambda: datetime.now(UTC) + timedelta(minutes=11))
     assert later.step()
-    run = RunQueue(org.runtime.sessions).get(run_id)
+    run = Views(org.runtime).show_run(run_id, Viewer.admin())
     assert run["state"] == "failed" and run["attempts"] == 2 and len(run["history"]) == 2
     # a template naming what a manual run does not have: no retry
     org.write_agent(answerer(org.outbox, context={"query": "{{ document.title }}"}))
     run_id = org.run("x")
     assert Worker(org.runtime).step()
-    run = RunQueue(org.runtime.sessions).get(run_id)
+    run = Views(org.runtime).show_run(run_id, Viewer.admin())
     assert run["state"] == "failed" and run["attempts"] == 1 and "document" in run["error"]
 
 

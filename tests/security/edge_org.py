@@ -6,16 +6,12 @@ kind. ``serving`` runs the app in uvicorn on a free port, for tests that need a 
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -24,6 +20,7 @@ from context_server.api.app import create_app
 from context_server.runtime import Runtime
 from context_server.settings import Settings
 from indexing.embed import FakeHashEmbedder
+from tests.fakes.uvicorn_server import serving as serve_app
 from tests.integration.test_context_api import AGENTS, FILES, PRINCIPALS, RULES
 from tests.orgs import seed, write_files
 
@@ -72,27 +69,6 @@ def edge_org(tmp_path: Path, **settings: Any) -> Iterator[EdgeOrg]:
         runtime.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
+def serving(app: FastAPI) -> AbstractContextManager[str]:
     """uvicorn in a thread on a free port (the app's lifespan already runs elsewhere)."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    return serve_app(app, lifespan="off")
