@@ -6,8 +6,9 @@ authentication before the body and the field caps all run as in production. It m
 context requests from one client:
 
 1. alone (the baseline);
-2. while another client keeps sending 1 MB bodies (a 1 MB query, with a valid key);
-3. while another client keeps sending 1 MB bodies without a key.
+2. while another client sends 1 MB bodies (a 1 MB query, with a valid key), ten a second
+   by default (``--flood-per-second``), one at a time;
+3. the same without a key.
 
 and prints p50/p95 of each phase, their ratio to the baseline, how the 1 MB requests were
 answered (status, median time) and the server process's peak RSS. Figures depend on the
@@ -81,8 +82,15 @@ def phase(client: httpx.Client, key: str, n: int) -> list[float]:
     return out
 
 
-def flood(url: str, key: str | None, stop: threading.Event, seen: list[tuple[int, float]]) -> None:
-    """Keep sending 1 MB bodies until ``stop``."""
+def flood(
+    url: str,
+    key: str | None,
+    per_second: float,
+    stop: threading.Event,
+    seen: list[tuple[int, float]],
+) -> None:
+    """Send 1 MB bodies at ``per_second`` (one at a time: each waits for its answer) until
+    ``stop``; the same load before and after a change, whatever each costs."""
     payload = json.dumps(
         {"agent": "helper", "on_behalf_of": "user:ann", "query": "x" * (1 << 20)}
     ).encode()
@@ -97,6 +105,7 @@ def flood(url: str, key: str | None, stop: threading.Event, seen: list[tuple[int
             except httpx.HTTPError:
                 status = -1  # the server closed the connection on a body it refused
             seen.append((status, time.perf_counter() - started))
+            stop.wait(max(0.0, 1 / per_second - (time.perf_counter() - started)))
 
 
 def main() -> None:
@@ -104,6 +113,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--pages", type=int, default=300)
     parser.add_argument("--fake-embedder", action="store_true", help="hashing fake, not MiniLM")
+    parser.add_argument("--flood-per-second", type=float, default=10.0)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -161,7 +171,9 @@ def main() -> None:
                     ("1 MB bodies, no key", None),
                 ):
                     stop, seen = threading.Event(), []
-                    flooder = threading.Thread(target=flood, args=(url, flood_key, stop, seen))
+                    flooder = threading.Thread(
+                        target=flood, args=(url, flood_key, args.flood_per_second, stop, seen)
+                    )
                     flooder.start()
                     time.sleep(0.5)
                     times = phase(client, key, args.requests)
@@ -174,7 +186,10 @@ def main() -> None:
             runtime.close()
 
     base_p95 = percentile(baseline, 95)
-    print(f"POST /v1/context, {args.requests} requests per phase, {args.pages} pages")
+    print(
+        f"POST /v1/context, {args.requests} requests per phase, {args.pages} pages, "
+        f"1 MB bodies at up to {args.flood_per_second:g}/s"
+    )
     print(f"{'phase':24} {'p50 ms':>8} {'p95 ms':>8} {'p95/alone':>10}  1 MB requests answered")
     for row in rows:
         p50, p95 = percentile(row["times"], 50) * 1000, percentile(row["times"], 95) * 1000
