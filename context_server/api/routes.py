@@ -133,8 +133,15 @@ def get_document(
 
 @v1.get("/sources")
 def list_sources(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
-    """Each source's status: documents, chunks, last sync with its counts."""
-    return {"sources": [s.to_json() for s in runtime.list_sources()]}
+    """Each source's status: documents, chunks, last sync with its counts. A failed sync's
+    message (it may quote paths or a vendor's answer) and the process that ran it are
+    shown to administrators only."""
+    sources = [s.to_json() for s in runtime.list_sources()]
+    if caller.kind != "admin":
+        for source in sources:
+            if source["last_sync"]:
+                source["last_sync"] = {**source["last_sync"], "error": None, "owner": None}
+    return {"sources": sources}
 
 
 # -- administration (the admin token) ---------------------------------------------------

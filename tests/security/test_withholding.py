@@ -321,3 +321,28 @@ def test_a_queued_run_whose_target_became_unreadable_fails_at_once(org: Org) -> 
     assert "readable" in run["error"]
     listing = org.client.get("/v1/reviews", headers=ADMIN).json()["reviews"]
     assert not [r for r in listing if r["run_id"] == run_id]
+
+
+def test_a_source_s_errors_and_hosts_are_for_administrators(org: Org) -> None:
+    """``GET /v1/sources`` answers any key; a failed sync's message (it may quote paths or a
+    vendor's answer) and the process that ran it are the admin's."""
+    from sqlalchemy import select
+
+    from context_server.store.models import Source, SyncRun
+
+    secret = f"ConnectorError: listing {SECRET_PATH} failed"
+    with org.runtime.sessions() as session:
+        source = session.scalars(select(Source).where(Source.name == "drive")).one()
+        run = session.scalars(
+            select(SyncRun).where(SyncRun.source_id == source.id).order_by(SyncRun.id.desc())
+        ).first()
+        assert run is not None
+        run.status, run.error = "failed", secret
+        session.commit()
+    admin = org.client.get("/v1/sources", headers=ADMIN).json()["sources"][0]["last_sync"]
+    assert admin["error"] == secret and admin["owner"]
+    zoe = org.key(user="user:zoe")
+    (listed,) = org.client.get("/v1/sources", headers=zoe).json()["sources"]
+    assert listed["last_sync"]["status"] == "failed" and listed["documents"] == 2
+    assert listed["last_sync"]["error"] is None and listed["last_sync"]["owner"] is None
+    assert not leaks(org, listed)
