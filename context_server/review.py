@@ -146,6 +146,18 @@ class ReviewDesk:
             shown = self.views.withheld(session, review, seen) is None
             return self.views.evidence(session, review, seen, query_shown=shown)
 
+    def visible(self, viewer: Viewer, review: dict[str, Any]) -> bool:
+        """Whether a review (its summary) is listed for ``viewer`` at all: the admin every
+        one, an agent its own, a user those made for them or that they may decide on."""
+        if viewer.kind == "admin":
+            return True
+        if viewer.kind == "agent":
+            return bool(review["agent"] == viewer.subject)
+        return (
+            review["on_behalf_of"] == viewer.subject
+            or self.refusal(viewer.subject, review["id"]) is None
+        )
+
     # -- who may decide -------------------------------------------------------------------
 
     def refusal(self, actor: str, review_id: str) -> str | None:

@@ -168,12 +168,16 @@ def review_list(
         str | None, typer.Option(help="Created at least this long ago (2d).")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    as_: ViewAs = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Reviews, newest first, with counts per state."""
     with store_session(as_json) as runtime:
         age = parse_duration(older_than) if older_than else None
-        listing = ReviewDesk(runtime).list_reviews(state, agent, age, limit)
+        desk, viewer = ReviewDesk(runtime), Viewer.parse(as_)
+        listing = desk.list_reviews(state, agent, age, limit, viewer=viewer)
+        if viewer.kind != "admin":
+            listing["reviews"] = [r for r in listing["reviews"] if desk.visible(viewer, r)]
     if as_json:
         print_json(listing)
         return

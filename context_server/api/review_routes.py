@@ -90,14 +90,7 @@ def cancel_run(run_id: str, runtime: RuntimeDep, caller: CallerDep) -> Any:
 
 
 def review_visible(desk: ReviewDesk, caller: Caller, review: dict[str, Any]) -> bool:
-    if caller.kind == "admin":
-        return True
-    if caller.kind == "agent":
-        return bool(review["agent"] == caller.subject)
-    return (
-        review["on_behalf_of"] == caller.subject
-        or desk.refusal(caller.subject, review["id"]) is None
-    )
+    return desk.visible(Viewer.of(caller), review)
 
 
 @router.get("/reviews")

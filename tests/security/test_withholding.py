@@ -240,6 +240,8 @@ def test_cli_reads_as_a_user_withhold_the_same(org: Org, monkeypatch: pytest.Mon
         ["runs", "show", run_id, "--as", "user:zoe", "--json"],
         ["bundles", "show", run["bundle_id"], "--as", "user:zoe", "--json"],
         ["review", "show", review["id"], "--as", "user:zoe", "--json"],
+        ["review", "list", "--as", "user:zoe", "--json"],
+        ["runs", "list", "--as", "user:zoe", "--json"],
     ):
         done = CliRunner().invoke(app, argv)
         printed = done.output
