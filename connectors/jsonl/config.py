@@ -34,6 +34,12 @@ class JsonlConfig(ConnectorConfig):
         default=None,
         description="Field of a per-line {allow, deny, public} object that replaces `acl`.",
     )
+    max_line_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="A longer line is a `too_large` failure, never read whole into memory.",
+    )
 
     @field_validator("url_template")
     @classmethod

@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 from urllib.parse import quote
 
 from pydantic import Field, ValidationError
@@ -75,6 +75,23 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
     )
+
+
+def _bounded_lines(f: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The file's lines, each read with at most ``limit`` bytes held; a longer line is
+    drained in blocks of that size and given as ``None``."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or (line.endswith(b"\n") and len(line) == limit + 1):
+            yield line
+            continue
+        while not line.endswith(b"\n"):
+            line = f.readline(limit)
+            if not line:
+                break
+        yield None
 
 
 class JsonlConnector:
@@ -157,8 +174,17 @@ class JsonlConnector:
         first_line: dict[str, int] = {}
         try:
             with self.path.open("rb") as f:
-                for number, raw in enumerate(f, start=1):
-                    item = self._parse(raw, number)
+                for number, raw in enumerate(_bounded_lines(f, self.config.max_line_bytes), 1):
+                    item = (
+                        self._parse(raw, number)
+                        if raw is not None
+                        else Failure(
+                            f"line:{number}",
+                            "too_large",
+                            f"line {number} is longer than max_line_bytes "
+                            f"({self.config.max_line_bytes}); skipped",
+                        )
+                    )
                     if item is None:
                         continue
                     if isinstance(item, Failure) and item.external_id.startswith("line:"):

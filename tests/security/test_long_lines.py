@@ -1,0 +1,46 @@
+"""A JSON-lines file whose one line is huge (no newline for gigabytes, a dump gone wrong):
+that line is a ``too_large`` failure, read in blocks and never held whole; the other lines
+are documents."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+from connectors.base import AclSpec
+from connectors.jsonl.config import JsonlConfig
+from connectors.jsonl.connector import JsonlConnector
+from tests.contract.connector_contract import failures, run, upserts
+
+
+def test_a_line_longer_than_the_limit_is_a_failure_and_never_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    huge = {"_id": "huge", "text": "x" * (8 * 1024 * 1024)}
+    with path.open("w") as f:
+        f.write(json.dumps({"_id": "a", "text": "first"}) + "\n")
+        f.write(json.dumps(huge) + "\n")
+        f.write(json.dumps({"_id": "b", "text": "after"}))  # no final newline
+    limit = 64 * 1024
+    config = JsonlConfig(path=path, acl=AclSpec(allow=["group:everyone"]), max_line_bytes=limit)
+    tracemalloc.start()
+    changes, _checkpoint = run(JsonlConnector(config), None)
+    _current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert sorted(upserts(changes)) == ["a", "b"]
+    (failure,) = failures(changes).values()
+    assert (failure.external_id, failure.reason) == ("line:2", "too_large")
+    assert "max_line_bytes" in failure.detail
+    assert peak < 2 * 1024 * 1024, peak  # the 8 MB line was never in memory
+
+
+def test_a_line_of_exactly_the_limit_is_read(tmp_path: Path) -> None:
+    limit = 2048
+    line = json.dumps({"_id": "edge", "text": ""})
+    line = json.dumps({"_id": "edge", "text": "y" * (limit - len(line))})
+    assert len(line) == limit
+    path = tmp_path / "docs.jsonl"
+    path.write_text(line + "\n")
+    config = JsonlConfig(path=path, acl=AclSpec(allow=["group:everyone"]), max_line_bytes=limit)
+    changes, _ = run(JsonlConnector(config), None)
+    assert list(upserts(changes)) == ["edge"] and not failures(changes)
