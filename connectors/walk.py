@@ -277,6 +277,11 @@ def open_regular(path: Path, key: Key) -> BinaryIO:
         raise
 
 
-def read_regular(path: Path, key: Key) -> bytes:
+def read_regular(path: Path, key: Key, max_bytes: int) -> bytes:
+    """The file's bytes, at most ``max_bytes`` of them (its size when it was listed): a file
+    that grew since is ``OSError`` (read again at the next sync), never read unbounded."""
     with open_regular(path, key) as f:
-        return f.read()
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"{path} grew past {max_bytes} bytes since it was listed")
+    return data

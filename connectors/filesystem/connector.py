@@ -67,8 +67,8 @@ def _file_hash(path: Path, key: Key) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _reader(path: Path, key: Key) -> Callable[[], bytes]:
-    return lambda: read_regular(path, key)
+def _reader(path: Path, key: Key, size: int) -> Callable[[], bytes]:
+    return lambda: read_regular(path, key, size)
 
 
 def _user_name(uid: int) -> str:
@@ -156,7 +156,7 @@ class FilesystemConnector:
             title=name,
             acl=acl,
             content_hash=digest,
-            read=_reader(entry.path, entry.key),
+            read=_reader(entry.path, entry.key, entry.st.st_size),
             filename=name,
             url=self._url(entry),
             mime_type=mimetypes.guess_type(name)[0],

@@ -51,6 +51,12 @@ class MarkdownWikiConfig(ConnectorConfig):
         default_factory=dict,
         description="Group name → member principals, yielded by memberships().",
     )
+    max_page_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="A larger page is a `too_large` failure, never read into memory.",
+    )
     follow_symlinks: bool = Field(
         default=False, description="Descend into symlinked folders (inside root only)."
     )

@@ -48,7 +48,7 @@ from connectors.globs import glob_match
 from connectors.markdown_wiki.config import MarkdownWikiConfig
 from connectors.markdown_wiki.pages import Page, PageError, Site, render
 from connectors.names import escape_name
-from connectors.walk import FileEntry, Skipped, read_regular, walk
+from connectors.walk import FileEntry, Skipped, open_regular, walk
 
 #: Bump when rendering changes, so every page is rendered again once.
 RENDER_VERSION = 1
@@ -81,6 +81,10 @@ def narrow(acl: Acl, access: list[str] | None) -> Acl:
     if access is None:
         return acl
     return acl.intersect(Acl.of(access))
+
+
+class PageTooLarge(Exception):
+    """A page larger than ``max_page_bytes``: recorded ``too_large``, never read whole."""
 
 
 def _reader(data: bytes) -> Callable[[], bytes]:
@@ -156,8 +160,15 @@ class MarkdownWikiConnector:
         )
 
     def _read(self, entry: FileEntry) -> Page:
-        """Raises ``OSError`` or ``PageError``."""
-        page = render(read_regular(entry.path, entry.key), entry.relpath, self.site)
+        """Raises ``OSError``, ``PageError`` or ``PageTooLarge``."""
+        limit = self.config.max_page_bytes
+        if entry.st.st_size > limit:
+            raise PageTooLarge(f"{entry.st.st_size} bytes > max_page_bytes ({limit})")
+        with open_regular(entry.path, entry.key) as f:
+            data = f.read(limit + 1)  # the file may have grown since it was listed
+        if len(data) > limit:
+            raise PageTooLarge(f"more than max_page_bytes ({limit}) bytes")
+        page = render(data, entry.relpath, self.site)
         if page.access is not None:
             for principal in page.access:
                 try:
@@ -218,6 +229,11 @@ class MarkdownWikiConnector:
             else:
                 try:
                     page = self._read(entry)
+                except PageTooLarge as exc:
+                    if known:
+                        pages[doc_id] = known
+                    yield Failure(doc_id, "too_large", str(exc))
+                    continue
                 except OSError as exc:
                     if known:
                         pages[doc_id] = known
@@ -258,7 +274,7 @@ class MarkdownWikiConnector:
                 continue
             try:
                 page = self._read(entry)
-            except OSError:
+            except (OSError, PageTooLarge):
                 continue
             except MALFORMED_ITEM:  # as sync(): a failure, not listed
                 continue

@@ -44,3 +44,27 @@ def test_a_line_of_exactly_the_limit_is_read(tmp_path: Path) -> None:
     config = JsonlConfig(path=path, acl=AclSpec(allow=["group:everyone"]), max_line_bytes=limit)
     changes, _ = run(JsonlConnector(config), None)
     assert list(upserts(changes)) == ["edge"] and not failures(changes)
+
+
+def test_a_wiki_page_larger_than_the_limit_is_a_failure_never_read(tmp_path: Path) -> None:
+    from connectors.markdown_wiki.config import MarkdownWikiConfig
+    from connectors.markdown_wiki.connector import MarkdownWikiConnector
+
+    root = tmp_path / "wiki"
+    root.mkdir()
+    (root / "small.md").write_text("# Small\n\nA page.")
+    (root / "huge.md").write_bytes(b"# Huge\n\n" + b"word " * (2 * 1024 * 1024))
+    config = MarkdownWikiConfig(
+        root=root,
+        base_url="https://wiki.example",
+        default_acl=AclSpec(allow=["group:everyone"]),
+        max_page_bytes=1024 * 1024,
+    )
+    tracemalloc.start()
+    changes, _ = run(MarkdownWikiConnector(config), None)
+    _current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert list(upserts(changes)) == ["small.md"]
+    (failure,) = failures(changes).values()
+    assert (failure.external_id, failure.reason) == ("huge.md", "too_large")
+    assert peak < 4 * 1024 * 1024, peak  # the 10 MB page was never read
