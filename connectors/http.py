@@ -13,7 +13,10 @@ vendor API needs, so connectors only deal with their API's shape:
   reset time, instead of spending a request to learn it;
 - ``401`` (and ``403`` without rate-limit signs) become ``CredentialError``; other 4xx
   become ``SourceError``, except the statuses a caller lists in ``allow`` (e.g. 404 for
-  "deleted since").
+  "deleted since");
+- a response body larger than ``max_response_bytes`` (by its ``Content-Length`` or as it
+  streams in) is a ``SourceError``, read no further: one huge answer or download never
+  takes the sync's memory (a lazy document read failing so is that document's failure).
 
 ``base_url`` is every connector's setting, so self-hosted installs and local fakes in
 tests work the same. Pass ``transport=httpx.MockTransport(...)`` in unit tests, and
@@ -40,6 +43,9 @@ from tenacity import (
 from connectors.errors import CredentialError, SourceError
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+#: Largest response body read: above the pipeline's largest document (50 MB) and any page
+#: of a listing an API sends.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 USER_AGENT = "context-server-connector/0.1"
 
 
@@ -74,10 +80,12 @@ class HttpClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         rate_limited: Callable[[httpx.Response], bool] | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         """``rate_limited``: an API-specific test for a 403 that means "slow down" (e.g.
         Google's ``userRateLimitExceeded`` in the body), beside the standard headers."""
         self.base_url = base_url.rstrip("/")
+        self.max_response_bytes = max_response_bytes
         self._rate_limited_hook = rate_limited
         self.max_wait = max_wait
         self._sleep = sleep
@@ -162,7 +170,7 @@ class HttpClient:
         if pause > 0:
             self._sleep(pause)
         try:
-            response = self.http.request(
+            request = self.http.build_request(
                 method,
                 url,
                 params=params,
@@ -171,6 +179,11 @@ class HttpClient:
                 content=body.content,
                 headers=headers,
             )
+            response = self.http.send(request, stream=True)
+            try:
+                self._read_bounded(response, url)
+            finally:
+                response.close()
         except httpx.TransportError as exc:  # connection refused, reset, timeouts
             raise _Retry(f"{type(exc).__name__}: {exc}") from exc
         self._note_quota(response)
@@ -196,6 +209,26 @@ class HttpClient:
                 f"{self._where(url)} refused the credentials ({status}): {detail}"
             )
         raise SourceError(f"{self._where(url)} answered {status}: {detail}")
+
+    def _read_bounded(self, response: httpx.Response, url: str) -> None:
+        """Read the body into ``response`` unless it is larger than ``max_response_bytes``."""
+        limit = self.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise SourceError(
+                f"{self._where(url)} sent {declared} bytes, more than the {limit} this client "
+                "reads (max_response_bytes)"
+            )
+        chunks, total = [], 0
+        for chunk in response.iter_bytes():
+            total += len(chunk)
+            if total > limit:
+                raise SourceError(
+                    f"{self._where(url)} sent more than the {limit} bytes this client reads "
+                    "(max_response_bytes)"
+                )
+            chunks.append(chunk)
+        response._content = b"".join(chunks)  # what read() would have set, bounded
 
     # -- waits -----------------------------------------------------------------------------
 

@@ -1,11 +1,13 @@
-"""A JSON-lines file whose one line is huge (no newline for gigabytes, a dump gone wrong):
-that line is a ``too_large`` failure, read in blocks and never held whole; the other lines
-are documents."""
+"""Items too large to hold, in the connectors that read them: a JSON-lines line with no
+newline for gigabytes (a dump gone wrong), a huge wiki page, a web API answer without end.
+Each is refused (a ``too_large`` failure, or a ``SourceError`` for an API answer) after
+reading at most its limit, and the rest goes on."""
 
 from __future__ import annotations
 
 import json
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 from connectors.base import AclSpec
@@ -68,3 +70,35 @@ def test_a_wiki_page_larger_than_the_limit_is_a_failure_never_read(tmp_path: Pat
     (failure,) = failures(changes).values()
     assert (failure.external_id, failure.reason) == ("huge.md", "too_large")
     assert peak < 4 * 1024 * 1024, peak  # the 10 MB page was never read
+
+
+def test_a_web_api_answer_larger_than_the_limit_is_refused_unread() -> None:
+    import httpx
+    import pytest
+
+    from connectors.errors import SourceError
+    from connectors.http import HttpClient
+
+    sent: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        for _ in range(10_000):  # 640 MB if read to the end
+            sent.append(1)
+            yield b"x" * 65536
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/declared":
+            return httpx.Response(200, headers={"content-length": str(1 << 30)}, content=b"")
+        if request.url.path == "/small":
+            return httpx.Response(200, json={"ok": True})
+        return httpx.Response(200, content=endless())
+
+    client = HttpClient(
+        "https://api.example", transport=httpx.MockTransport(handler), max_response_bytes=1 << 20
+    )
+    assert client.get_json("/small") == {"ok": True}
+    with pytest.raises(SourceError, match="max_response_bytes"):
+        client.request("GET", "/declared")
+    with pytest.raises(SourceError, match="max_response_bytes"):
+        client.request("GET", "/streamed")
+    assert len(sent) <= 17  # read up to the limit (1 MiB = 16 blocks), not to the end
