@@ -68,15 +68,23 @@ def get_caller(
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def require_admin(request: Request, caller: CallerDep) -> None:
+def administers(runtime: Runtime, caller: Caller) -> bool:
     """The server's admin token, or a user key whose user the policy file lets
     ``administer`` the ``system`` (``p, group:admins, system, administer``)."""
     if caller.kind == "admin":
+        return True
+    directory = runtime.directory
+    return (
+        caller.kind == "user"
+        and directory.has_policy
+        and directory.permits(caller.subject, "system", "administer")
+    )
+
+
+def require_admin(request: Request, caller: CallerDep) -> None:
+    """Administrators only (``administers``)."""
+    if administers(get_runtime(request), caller):
         return
-    if caller.kind == "user":
-        directory = get_runtime(request).directory
-        if directory.has_policy and directory.permits(caller.subject, "system", "administer"):
-            return
     raise HTTPException(
         status.HTTP_403_FORBIDDEN,
         f"this route is for administrators; {caller.label}'s key may not use it (the policy "

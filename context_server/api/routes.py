@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from context_server import deadline
 from context_server.agents import MAX_BUDGET_TOKENS
-from context_server.api.deps import AdminDep, CallerDep, RouterDep, RuntimeDep
+from context_server.api.deps import AdminDep, CallerDep, RouterDep, RuntimeDep, administers
 from context_server.api.schemas import (
     ADMIN_RESPONSES,
     KEY_RESPONSES,
@@ -137,7 +137,7 @@ def list_sources(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     message (it may quote paths or a vendor's answer) and the process that ran it are
     shown to administrators only."""
     sources = [s.to_json() for s in runtime.list_sources()]
-    if caller.kind != "admin":
+    if not administers(runtime, caller):
         for source in sources:
             if source["last_sync"]:
                 source["last_sync"] = {**source["last_sync"], "error": None, "owner": None}

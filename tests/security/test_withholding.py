@@ -348,3 +348,10 @@ def test_a_source_s_errors_and_hosts_are_for_administrators(org: Org) -> None:
     assert listed["last_sync"]["status"] == "failed" and listed["documents"] == 2
     assert listed["last_sync"]["error"] is None and listed["last_sync"]["owner"] is None
     assert not leaks(org, listed)
+    # a user the policy file lets administer is an administrator here too
+    org.settings.policy_path.write_text(
+        "p, user:zoe, system, administer\n"
+        "p, agent:answerer, group:everyone, act_for\np, agent:answerer, source:drive, read\n"
+    )
+    (listed,) = org.client.get("/v1/sources", headers=zoe).json()["sources"]
+    assert listed["last_sync"]["error"] == secret
