@@ -43,6 +43,7 @@ from context_server.store.models import (
     as_utc,
 )
 from context_server.viewer import Viewer, Views, summary
+from context_server.viewer import approvals as approvals_of
 
 REVIEW_STATES = (
     "pending",
@@ -203,14 +204,14 @@ class ReviewDesk:
                     + "); look at it again, then approve with override_stale "
                     "(CLI: --override-stale) to approve anyway"
                 )
-            if any(a["actor"] == actor for a in self._approvals(review)):
+            if any(a["actor"] == actor for a in approvals_of(review)):
                 raise ConflictError(f"{actor} already approved revision {review.revision}")
             detail: dict[str, Any] = {"stale": evidence["stale"]}
             if evidence["stale"]:
                 detail.update(override_stale=True, evidence_counts=evidence["counts"])
             self._event(session, review, actor, "approve", comment, detail)
             session.flush()
-            approvals = self._approvals(review)
+            approvals = approvals_of(review)
             if len(approvals) >= review.required:
                 review.state = "approved"
                 review.decided_at = self.clock()
@@ -386,7 +387,7 @@ class ReviewDesk:
             review = self._get(session, review_id)
             if claimed.rowcount != 1:
                 return review.state
-            approvals = self._approvals(review)
+            approvals = approvals_of(review)
             if len(approvals) < review.required:  # never: approve() is the only way in
                 review.state = "pending"
                 session.commit()
@@ -545,15 +546,6 @@ class ReviewDesk:
                 f"review {review_id} is {review.state}; only pending reviews take {action}"
             )
         return review
-
-    @staticmethod
-    def _approvals(review: Review) -> list[dict[str, Any]]:
-        """Distinct approvers of the current revision."""
-        seen: dict[str, dict[str, Any]] = {}
-        for event in review.events:
-            if event.action == "approve" and event.revision == review.revision:
-                seen.setdefault(event.actor, {"actor": event.actor, "at": _iso(event.at)})
-        return list(seen.values())
 
     def _event(
         self,

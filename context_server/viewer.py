@@ -105,11 +105,9 @@ class Viewer:
 
     @property
     def label(self) -> str:
-        return (
-            "admin"
-            if self.kind == "admin"
-            else (f"agent:{self.subject}" if self.kind == "agent" else self.subject)
-        )
+        if self.kind == "agent":
+            return f"agent:{self.subject}"
+        return self.subject  # "admin", or the user principal
 
 
 @dataclass
@@ -470,7 +468,7 @@ class Views:
         out = self.review_summaries(session, [review], viewer)[0]
         hidden = out["withheld"] is not None
         out.update(
-            approvals=_approvals(review),
+            approvals=approvals(review),
             ship=review.ship,
             content=None,
             content_withheld=f"withheld: {out['withheld']}" if hidden else None,
@@ -576,7 +574,7 @@ def _attempt_outline(attempt: dict[str, Any]) -> dict[str, Any]:
     return {k: attempt[k] for k in keep if k in attempt}
 
 
-def _approvals(review: Review) -> list[dict[str, Any]]:
+def approvals(review: Review) -> list[dict[str, Any]]:
     """Distinct approvers of the current revision."""
     seen: dict[str, dict[str, Any]] = {}
     for event in review.events:

@@ -55,8 +55,8 @@ def _error_detail(body: bytes) -> str:
 
 
 class AuditTrail:
-    """Wraps the app; ``sessions`` opens a store session (the runtime's, read per request:
-    the app builds its runtime at start-up)."""
+    """Wraps the app. Rows go to the store of ``app.state.runtime``, read per request (the
+    app builds its runtime at start-up)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
